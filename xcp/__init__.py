@@ -1,0 +1,1 @@
+"""Generated gRPC code for the xcp.v1 protos (scripts/gen-protos)."""

@@ -1,0 +1,90 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PowerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POWER_STATE_UNSPECIFIED: _ClassVar[PowerState]
+    HALTED: _ClassVar[PowerState]
+    RUNNING: _ClassVar[PowerState]
+    PAUSED: _ClassVar[PowerState]
+    SUSPENDED: _ClassVar[PowerState]
+POWER_STATE_UNSPECIFIED: PowerState
+HALTED: PowerState
+RUNNING: PowerState
+PAUSED: PowerState
+SUSPENDED: PowerState
+
+class Host(_message.Message):
+    __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config")
+    class OtherConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    name_label: str
+    address: str
+    enabled: bool
+    metrics: str
+    other_config: _containers.ScalarMap[str, str]
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., enabled: _Optional[bool] = ..., metrics: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class HostMetrics(_message.Message):
+    __slots__ = ("uuid", "host", "live", "last_updated", "memory_total", "memory_free")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    host: str
+    live: bool
+    last_updated: _timestamp_pb2.Timestamp
+    memory_total: int
+    memory_free: int
+    def __init__(self, uuid: _Optional[str] = ..., host: _Optional[str] = ..., live: _Optional[bool] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ...) -> None: ...
+
+class VM(_message.Message):
+    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config")
+    class OtherConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    POWER_STATE_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_ON_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    name_label: str
+    power_state: PowerState
+    resident_on: str
+    affinity: str
+    memory: int
+    vcpus: int
+    other_config: _containers.ScalarMap[str, str]
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -1,0 +1,68 @@
+from xcp.v1 import slave_service_pb2 as _slave_service_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("hello", "beat", "goodbye")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    BEAT_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    beat: Beat
+    goodbye: Goodbye
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., beat: _Optional[_Union[Beat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled")
+    HOST_UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    host_uuid: str
+    name_label: str
+    address: str
+    memory_total: int
+    memory_free: int
+    domains: _containers.RepeatedCompositeFieldContainer[_slave_service_pb2.Domain]
+    domains_digest: str
+    enabled: bool
+    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+
+class Beat(_message.Message):
+    __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    memory_free: int
+    domains_digest: str
+    domains_included: bool
+    domains: _containers.RepeatedCompositeFieldContainer[_slave_service_pb2.Domain]
+    def __init__(self, seq: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains_digest: _Optional[str] = ..., domains_included: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ...) -> None: ...
+
+class Goodbye(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("interval_ms", "domains_ack", "send_domains")
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_ACK_FIELD_NUMBER: _ClassVar[int]
+    SEND_DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    domains_ack: str
+    send_domains: bool
+    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ...) -> None: ...

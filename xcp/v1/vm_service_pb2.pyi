@@ -1,0 +1,97 @@
+from xcp.v1 import datamodel_pb2 as _datamodel_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateVMRequest(_message.Message):
+    __slots__ = ("name_label", "memory", "vcpus", "affinity", "other_config")
+    class OtherConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name_label: str
+    memory: int
+    vcpus: int
+    affinity: str
+    other_config: _containers.ScalarMap[str, str]
+    def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetVMRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+
+class ListVMsRequest(_message.Message):
+    __slots__ = ("host", "power_state")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    POWER_STATE_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    power_state: _datamodel_pb2.PowerState
+    def __init__(self, host: _Optional[str] = ..., power_state: _Optional[_Union[_datamodel_pb2.PowerState, str]] = ...) -> None: ...
+
+class ListVMsResponse(_message.Message):
+    __slots__ = ("vms",)
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[_datamodel_pb2.VM]
+    def __init__(self, vms: _Optional[_Iterable[_Union[_datamodel_pb2.VM, _Mapping]]] = ...) -> None: ...
+
+class DestroyVMRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+
+class DestroyVMResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StartVMRequest(_message.Message):
+    __slots__ = ("uuid", "host", "paused")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    host: str
+    paused: bool
+    def __init__(self, uuid: _Optional[str] = ..., host: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class ShutdownVMRequest(_message.Message):
+    __slots__ = ("uuid", "force")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    force: bool
+    def __init__(self, uuid: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RebootVMRequest(_message.Message):
+    __slots__ = ("uuid", "force")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    force: bool
+    def __init__(self, uuid: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class PauseVMRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+
+class UnpauseVMRequest(_message.Message):
+    __slots__ = ("uuid",)
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    def __init__(self, uuid: _Optional[str] = ...) -> None: ...

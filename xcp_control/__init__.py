@@ -1,0 +1,1 @@
+"""xcp-control: a pool control plane for hypervisor hosts, on gRPC."""

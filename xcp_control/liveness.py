@@ -1,0 +1,115 @@
+"""Host liveness: who is live, judged from heartbeats (the role of xapi's Db_gc).
+
+`Liveness` is pure logic: every method takes `now`, a reading of a monotonic
+clock, so tests drive every edge with a fake clock and no sleeping. It keeps
+last-seen times in memory only; the store learns of a host's liveness when it
+flips (see metrics.py), never once per heartbeat.
+
+Rules:
+- a host is live from its first heartbeat on;
+- a host silent for longer than `dead_after` is not live (exactly dead_after is
+  still live);
+- a heartbeat stream that ends (goodbye, crash, reset connection) makes its
+  host not live at once, unless a newer stream of the same host is open;
+- after the master starts, hosts keep their stored state for `grace` seconds
+  before the reaper judges them, so a master restart marks no live host dead.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+FlipListener = Callable[[str, bool], None]
+
+
+class Liveness:
+    """Last-seen times and live flags of the pool's hosts."""
+
+    def __init__(self, dead_after: float, grace: float, started_at: float) -> None:
+        self._dead_after = dead_after
+        self._grace_end = started_at + grace
+        # Live hosts only, oldest beat first: a beat moves its host to the end,
+        # so the reaper looks only at hosts that may have expired.
+        self._last_seen: OrderedDict[str, float] = OrderedDict()
+        self._streams: dict[str, int] = {}
+        self._next_stream = 0
+        self._listeners: list[FlipListener] = []
+
+    def add_listener(self, listener: FlipListener) -> None:
+        """Call listener(host, live) whenever a host's live flag flips."""
+        self._listeners.append(listener)
+
+    def restore(self, hosts: Iterable[tuple[str, bool]], now: float) -> None:
+        """Take the stored live flags at start-up (judged after the grace)."""
+        for host, live in hosts:
+            if live:
+                self._last_seen[host] = now
+
+    def is_live(self, host: str) -> bool:
+        return host in self._last_seen
+
+    def last_seen(self, host: str) -> float | None:
+        return self._last_seen.get(host)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._last_seen)
+
+    def beat(self, host: str, now: float) -> None:
+        """A heartbeat (or a Hello) from `host` arrived at `now`."""
+        was_live = host in self._last_seen
+        self._last_seen[host] = now
+        self._last_seen.move_to_end(host)
+        if not was_live:
+            self._flip(host, True)
+
+    def reap(self, now: float) -> list[str]:
+        """Mark hosts silent for longer than dead_after not live; return them."""
+        if now < self._grace_end:
+            return []
+        dead = []
+        while self._last_seen:
+            host, seen = next(iter(self._last_seen.items()))
+            if now - seen <= self._dead_after:
+                break
+            dead.append(host)
+            self._mark_down(host)
+        return dead
+
+    def mark_down(self, host: str) -> bool:
+        """The host is known to be down (goodbye, DeclareDead). True if it flipped."""
+        return self._mark_down(host)
+
+    def forget(self, host: str) -> None:
+        self._last_seen.pop(host, None)
+        self._streams.pop(host, None)
+
+    # -- heartbeat streams ---------------------------------------------------
+
+    def attach(self, host: str) -> int:
+        """A new heartbeat stream for `host`; it supersedes any older one."""
+        self._next_stream += 1
+        self._streams[host] = self._next_stream
+        return self._next_stream
+
+    def is_current(self, host: str, stream: int) -> bool:
+        return self._streams.get(host) == stream
+
+    def detach(self, host: str, stream: int) -> bool:
+        """A stream ended without a newer one: the host is down at once.
+        True if it flipped; a superseded stream's end changes nothing."""
+        if not self.is_current(host, stream):
+            return False
+        del self._streams[host]
+        return self._mark_down(host)
+
+    def _mark_down(self, host: str) -> bool:
+        if self._last_seen.pop(host, None) is None:
+            return False
+        self._flip(host, False)
+        return True
+
+    def _flip(self, host: str, live: bool) -> None:
+        for listener in self._listeners:
+            listener(host, live)

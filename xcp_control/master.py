@@ -1,0 +1,175 @@
+"""xcp-master: the pool master process.
+
+Wires the store, liveness, metrics mirror, forwarding and the servicers into
+one grpc.aio server, runs the reaper, and handles start-up and shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Callable
+
+import grpc
+
+from xcp_control import api
+from xcp_control.events import EventHub
+from xcp_control.forwarding import Forwarder
+from xcp_control.heartbeats import HeartbeatSessions
+from xcp_control.lifecycle import Lifecycle
+from xcp_control.liveness import Liveness
+from xcp_control.locks import OperationLocks
+from xcp_control.metrics import MetricsMirror
+from xcp_control.pool import Pool
+from xcp_control.serving import add_standard_services, bind, service_name
+from xcp_control.settings import MasterSettings, SettingsError
+from xcp_control.store import SqliteStore
+from xcp_control.transport import server_options
+from xcp.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    host_service_pb2,
+    host_service_pb2_grpc,
+    liveness_service_pb2,
+    liveness_service_pb2_grpc,
+    vm_service_pb2,
+    vm_service_pb2_grpc,
+)
+
+log = logging.getLogger("xcp_control.master")
+
+SERVICES = [
+    service_name(host_service_pb2, "HostService"),
+    service_name(vm_service_pb2, "VMService"),
+    service_name(event_service_pb2, "EventService"),
+    service_name(liveness_service_pb2, "LivenessService"),
+]
+
+
+class Master:
+    """One master: build with settings, `await start()`, `await stop()`."""
+
+    def __init__(self, settings: MasterSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings.validate()
+        self.clock = clock
+        self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> str:
+        """Open the database, bind, serve; the bound HOST:PORT."""
+        s = self.settings
+        await self.store.open()
+        now = self.clock()
+        self.liveness = Liveness(s.dead_after, s.grace, started_at=now)
+        self.liveness.restore(self._stored_liveness(), now)
+        self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
+                                    s.metrics_write_interval)
+        self.hub = EventHub(self.store, s.watch_queue_size)
+        self.locks = OperationLocks()
+        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
+        self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
+                                          s.heartbeat_interval, self.clock)
+        self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock)
+        self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
+        self._server = self._build_server()
+        try:
+            self.address = bind(self._server, s.listen)
+        except Exception:
+            await self.store.close()
+            raise
+        await add_standard_services(self._server, SERVICES)
+        await self._server.start()
+        self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
+                       asyncio.create_task(self.mirror.run(), name="metrics")]
+        log.info("master listening on %s, database %s", self.address, s.db_path)
+        return self.address
+
+    def _stored_liveness(self) -> list[tuple[str, bool]]:
+        hosts = []
+        for metrics in self.store.list("host_metrics"):
+            hosts.append((metrics.host, metrics.live))
+        return hosts
+
+    def _build_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes))
+        host_service_pb2_grpc.add_HostServiceServicer_to_server(
+            api.HostServicer(self.pool, self.lifecycle), server)
+        vm_service_pb2_grpc.add_VMServiceServicer_to_server(
+            api.VMServicer(self.pool, self.lifecycle), server)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            api.EventServicer(self.hub), server)
+        liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
+            api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
+        return server
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_tick)
+            for host in self.liveness.reap(self.clock()):
+                log.warning("host %s missed its heartbeats for %.1fs: not live",
+                            host, self.settings.dead_after)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.close()
+        await self.store.close()
+
+
+def parse_args(argv: list[str] | None) -> MasterSettings:
+    d = MasterSettings()
+    p = argparse.ArgumentParser(prog="xcp-master", description="The xcp pool master.")
+    p.add_argument("--listen", default=d.listen, help="HOST:PORT to serve on (default %(default)s)")
+    p.add_argument("--db", default=d.db_path, help="SQLite pool database (default %(default)s)")
+    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval,
+                   metavar="S", help="seconds between heartbeats (default %(default)s)")
+    p.add_argument("--dead-after", type=float, default=d.dead_after, metavar="S",
+                   help="seconds of silence before a host is not live (default %(default)s)")
+    p.add_argument("--contact-timeout", type=float, default=d.contact_timeout, metavar="S",
+                   help="longest wait for a silent host (default %(default)s)")
+    p.add_argument("--startup-grace", type=float, default=None, metavar="S",
+                   help="seconds hosts keep their stored state after start (default: dead-after)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
+                          dead_after=a.dead_after, contact_timeout=a.contact_timeout,
+                          startup_grace=a.startup_grace)
+
+
+async def run(settings: MasterSettings) -> None:
+    master = Master(settings)
+    address = await master.start()
+    print(f"xcp-master: listening on {address}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await master.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv).validate()
+        asyncio.run(run(settings))
+    except SettingsError as exc:
+        print(f"xcp-master: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Pool operations that need no host: reads, VM records, forgetting and
+declaring hosts dead. Plain logic over the store; the servicers call it."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from typing import Callable
+
+from xcp_control import validation
+from xcp_control.errors import XcpError
+from xcp_control.liveness import Liveness
+from xcp_control.locks import OperationLocks
+from xcp_control.metrics import MetricsMirror
+from xcp_control.store import Delete, Put, Store, copy
+from xcp.v1 import datamodel_pb2 as dm
+
+HALTED = dm.HALTED
+ForgetListener = Callable[[str], None]
+
+
+def _state_name(state: int) -> str:
+    return dm.PowerState.Name(state) if state in dm.PowerState.values() else str(state)
+
+
+def bad_power_state(vm: dm.VM, expected: str) -> XcpError:
+    return XcpError("VM_BAD_POWER_STATE", vm=vm.uuid, expected=expected,
+                    actual=_state_name(vm.power_state))
+
+
+def halted(vm: dm.VM) -> dm.VM:
+    """A copy of vm, HALTED and resident nowhere."""
+    out = copy(vm)
+    out.power_state, out.resident_on = HALTED, ""
+    return out
+
+
+class Pool:
+    """Hosts and VMs as the master's database holds them."""
+
+    def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
+                 locks: OperationLocks) -> None:
+        self.store = store
+        self.liveness = liveness
+        self.mirror = mirror
+        self.locks = locks
+        self._forget_listeners: list[ForgetListener] = []
+
+    def add_forget_listener(self, listener: ForgetListener) -> None:
+        self._forget_listeners.append(listener)
+
+    # -- hosts ---------------------------------------------------------------
+
+    def host(self, uuid: str) -> dm.Host:
+        """The host, or HANDLE_INVALID (INVALID_VALUE for a malformed uuid)."""
+        found = self.store.get("host", validation.uuid("uuid", uuid))
+        if found is None:
+            raise XcpError("HANDLE_INVALID", **{"class": "host"}, uuid=uuid)
+        return found
+
+    def list_hosts(self) -> list[tuple[dm.Host, dm.HostMetrics]]:
+        hosts = sorted(self.store.list("host"), key=lambda h: (h.name_label, h.uuid))
+        return [(h, self.metrics_of(h)) for h in hosts]
+
+    def metrics_of(self, host: dm.Host) -> dm.HostMetrics:
+        stored = self.store.get("host_metrics", host.metrics)
+        return self.mirror.view(stored or dm.HostMetrics(uuid=host.metrics, host=host.uuid))
+
+    def host_metrics(self, uuid: str) -> dm.HostMetrics:
+        return self.metrics_of(self.host(uuid))
+
+    async def forget_host(self, uuid: str) -> None:
+        """Remove a host that is not live; VMs it ran are HALTED."""
+        host = self.host(uuid)
+        if self.liveness.is_live(host.uuid):
+            raise XcpError("HOST_IS_LIVE", host=host.uuid)
+        with self.locks.hold("host", host.uuid, "forget"):
+            ops = [Put(halted(vm)) for vm in self.store.find("vm", "resident_on", host.uuid)]
+            ops += [Delete("host_metrics", host.metrics), Delete("host", host.uuid)]
+            await self.store.commit(ops)
+        self.liveness.forget(host.uuid)
+        self.mirror.forget(host.uuid)
+        for listener in self._forget_listeners:
+            listener(host.uuid)
+
+    async def declare_dead(self, uuid: str) -> dm.Host:
+        """The operator says the host is down: not live, its VMs HALTED. Nothing
+        is forwarded. If the host comes back, reconciliation destroys any of its
+        domains whose VM runs elsewhere by then."""
+        host = self.host(uuid)
+        with self.locks.hold("host", host.uuid, "declare_dead"):
+            self.liveness.mark_down(host.uuid)
+            vms = self.store.find("vm", "resident_on", host.uuid)
+            await self.store.commit([Put(halted(vm)) for vm in vms])
+        return host
+
+    # -- VMs -----------------------------------------------------------------
+
+    def vm(self, uuid: str) -> dm.VM:
+        found = self.store.get("vm", validation.uuid("uuid", uuid))
+        if found is None:
+            raise XcpError("HANDLE_INVALID", **{"class": "vm"}, uuid=uuid)
+        return found
+
+    def list_vms(self, host: str, power_state: int) -> list[dm.VM]:
+        host = validation.optional_uuid("host", host)
+        power_state = validation.power_state("power_state", power_state, allow_unspecified=True)
+        if host:
+            vms = self.store.find("vm", "resident_on", host)
+            if power_state:
+                vms = [vm for vm in vms if vm.power_state == power_state]
+        elif power_state:
+            vms = self.store.find("vm", "power_state", power_state)
+        else:
+            vms = self.store.list("vm")
+        return sorted(vms, key=lambda vm: vm.uuid)
+
+    async def create_vm(self, name_label: str, memory: int, vcpus: int, affinity: str,
+                        other_config: dict[str, str]) -> dm.VM:
+        vm = dm.VM(
+            uuid=str(uuid_module.uuid4()),
+            name_label=validation.name("name_label", name_label),
+            power_state=HALTED,
+            memory=validation.count("memory", memory, 1, validation.MAX_MEMORY),
+            vcpus=validation.count("vcpus", vcpus, 1, validation.MAX_VCPUS),
+            affinity=validation.optional_uuid("affinity", affinity),
+            other_config=validation.other_config("other_config", other_config))
+        if vm.affinity:
+            self.host(vm.affinity)
+        await self.store.put(vm)
+        return vm
+
+    async def destroy_vm(self, uuid: str) -> None:
+        vm = self.vm(uuid)
+        with self.locks.hold("vm", vm.uuid, "destroy"):
+            vm = self.vm(uuid)
+            if vm.power_state != HALTED:
+                raise bad_power_state(vm, "HALTED")
+            await self.store.delete("vm", vm.uuid)

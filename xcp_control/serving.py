@@ -1,0 +1,53 @@
+"""What every xcp gRPC server has: a port of its own, reflection and health."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from xcp_control.settings import SettingsError, parse_endpoint
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class PortInUse(SettingsError):
+    """The listen address is taken (or not ours to bind)."""
+
+
+def bind(server: grpc.aio.Server, listen: str) -> str:
+    """Bind `listen` (port 0 picks a free port); the bound HOST:PORT.
+
+    Servers are built with SO_REUSEPORT off (transport.server_options), so a
+    port in use fails here, loudly, instead of being shared."""
+    host, _ = parse_endpoint(listen, "--listen")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise PortInUse(f"cannot listen on {listen}: {exc}") from exc
+    if port == 0:
+        raise PortInUse(f"cannot listen on {listen}: address in use or not available")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}"
+
+
+async def add_standard_services(server: grpc.aio.Server,
+                                service_names: Iterable[str]) -> health_async.HealthServicer:
+    """Serve reflection (grpcurl needs no proto files) and grpc.health.v1.Health,
+    SERVING for the server as a whole and for each named service."""
+    names = list(service_names)
+    health = health_async.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    for name in ["", *names]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return health
+
+
+def service_name(pb2_module, service: str) -> str:
+    """The full name of a service declared in a generated *_pb2 module."""
+    return pb2_module.DESCRIPTOR.services_by_name[service].full_name

@@ -1,0 +1,77 @@
+"""gRPC channel and server options, in one place.
+
+The numbers follow ../shared/GRPC-FACTS.md: keepalive alone does not catch a
+frozen (SIGSTOPped) peer in grpcio 1.85, `grpc.http2.ping_timeout_ms` does; a
+client that pings more often than its server permits is cut off with GOAWAY
+"too_many_pings", so every server here permits the pings our clients send;
+grpcio turns SO_REUSEPORT on by default, which would let a second master share
+a port silently, so servers turn it off.
+"""
+
+from __future__ import annotations
+
+Options = list[tuple[str, int | str]]
+
+# Servers accept client pings down to this interval, so no client of ours is
+# ever cut off for pinging (forwarding pings every contact_timeout / 2).
+_MIN_PING_INTERVAL_MS = 200
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def server_options(max_message_bytes: int, keepalive_s: float = 10.0,
+                   ping_timeout_s: float = 5.0) -> Options:
+    """Options for the master's and the slaves' servers. Server keepalive frees
+    transports whose peer vanished without a FIN (liveness itself does not wait
+    for it: the reaper judges by heartbeats)."""
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", _ms(keepalive_s)),
+        ("grpc.keepalive_timeout_ms", _ms(ping_timeout_s)),
+        ("grpc.http2.ping_timeout_ms", _ms(ping_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def forwarding_channel_options(contact_timeout: float) -> Options:
+    """Options for the master's pooled channel to one slave: a peer that goes
+    silent, even in the middle of a long call, is detected within
+    contact_timeout (one ping after contact_timeout/2 of quiet, answered
+    within contact_timeout/2)."""
+    half = _ms(contact_timeout / 2)
+    return [
+        ("grpc.keepalive_time_ms", half),
+        ("grpc.keepalive_timeout_ms", half),
+        ("grpc.http2.ping_timeout_ms", half),
+        # Ping only while calls are in flight: an idle pool of 10,000 channels
+        # must not cost 10,000 pings a second.
+        ("grpc.keepalive_permit_without_calls", 0),
+        # A clean shutdown sends no data for a minute: keep pinging through it.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", _ms(contact_timeout)),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def heartbeat_channel_options(interval: float) -> Options:
+    """Options for a slave's channel to the master: a hung master is noticed in
+    about two intervals and the slave reconnects."""
+    beat = _ms(max(interval, 0.5))
+    return [
+        ("grpc.keepalive_time_ms", 2 * beat),
+        ("grpc.keepalive_timeout_ms", beat),
+        ("grpc.http2.ping_timeout_ms", beat),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", beat),
+        ("grpc.enable_retries", 0),
+    ]

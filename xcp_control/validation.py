@@ -1,0 +1,64 @@
+"""Checks of client input: each failure is INVALID_VALUE naming the field."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from typing import Mapping
+
+from xcp_control.errors import XcpError
+from xcp.v1 import datamodel_pb2
+
+MAX_NAME = 255
+MAX_MEMORY = 1 << 50  # 1 PiB: larger is a typo, not a VM
+MAX_VCPUS = 1024
+MAX_CONFIG_ENTRIES = 64
+MAX_CONFIG_KEY = 255
+MAX_CONFIG_VALUE = 4096
+_SHOWN = 64  # longest value echoed back in an error
+
+
+def invalid(field: str, value: object) -> XcpError:
+    return XcpError("INVALID_VALUE", field=field, value=str(value)[:_SHOWN])
+
+
+def uuid(field: str, value: str) -> str:
+    """A canonical (lower-case, hyphenated) uuid, or INVALID_VALUE."""
+    try:
+        parsed = uuid_module.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise invalid(field, value) from None
+    if str(parsed) != value.lower():
+        raise invalid(field, value)
+    return str(parsed)
+
+
+def optional_uuid(field: str, value: str) -> str:
+    return uuid(field, value) if value else ""
+
+
+def name(field: str, value: str) -> str:
+    if not value.strip() or len(value) > MAX_NAME or not value.isprintable():
+        raise invalid(field, value)
+    return value
+
+
+def count(field: str, value: int, lowest: int, highest: int) -> int:
+    if not lowest <= value <= highest:
+        raise invalid(field, value)
+    return value
+
+
+def power_state(field: str, value: int, allow_unspecified: bool) -> int:
+    known = value in datamodel_pb2.PowerState.values()
+    if not known or (value == datamodel_pb2.POWER_STATE_UNSPECIFIED and not allow_unspecified):
+        raise invalid(field, value)
+    return value
+
+
+def other_config(field: str, value: Mapping[str, str]) -> dict[str, str]:
+    if len(value) > MAX_CONFIG_ENTRIES:
+        raise invalid(field, f"{len(value)} entries")
+    for key, item in value.items():
+        if not key or len(key) > MAX_CONFIG_KEY or len(item) > MAX_CONFIG_VALUE:
+            raise invalid(f"{field}.{key[:_SHOWN]}", item)
+    return dict(value)
