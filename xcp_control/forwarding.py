@@ -1,9 +1,212 @@
-"""Placeholder until the forwarding work lands (issue 4)."""
+"""Message forwarding: how the master calls a slave (xapi's Message_forwarding).
+
+xapi reuses a cached connection with no deadline and no keepalive, so a call to
+a hung or partitioned host waits for the kernel's TCP timeout: the seed's 20
+minutes. Here:
+
+- a host known to be down fails at once with HOST_OFFLINE, before any network
+  traffic;
+- each slave has one pooled channel, created on first use, replaced when the
+  host's address changes and closed when the host is forgotten;
+- connecting is bounded by contact_timeout, and a peer that goes silent in the
+  middle of a call is caught by keepalive pings within contact_timeout
+  (transport.forwarding_channel_options);
+- every call has a deadline: the operation's timeout, or less when the
+  client's own deadline is nearer (gRPC propagates what remains to the slave);
+- when liveness declares a host not live, every call in flight to it fails at
+  once with HOST_OFFLINE;
+- transport failures become catalogued errors in one place, `translate`, by one
+  table; catalogued errors from the slave pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from google.protobuf.message import Message
+
+from xcp_control.errors import XcpError
+from xcp_control.liveness import Liveness
+from xcp_control.store import Store
+from xcp_control.transport import forwarding_channel_options
+from xcp.v1 import slave_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Time kept back from the client's deadline so that our answer, not its own
+# DEADLINE_EXCEEDED, reaches it.
+DEADLINE_MARGIN = 0.05
+
+
+def _cannot_contact(host: str, operation: str) -> XcpError:
+    return XcpError("CANNOT_CONTACT_HOST", host=host)
+
+
+def _timed_out(host: str, operation: str) -> XcpError:
+    return XcpError("OPERATION_TIMED_OUT", host=host, operation=operation)
+
+
+def _internal(host: str, operation: str) -> XcpError:
+    return XcpError("INTERNAL_ERROR", detail=f"host {host} failed {operation} without a reason")
+
+
+# The one translation table: what a failed call to a slave means to our caller.
+# UNAVAILABLE covers refused connections, resets and keepalive ping timeouts (a
+# silent peer); CANCELLED is a channel closed under the call (the host's
+# address changed or it was forgotten); a DEADLINE_EXCEEDED can only come from
+# a peer that still answered pings (a silent one fails sooner, UNAVAILABLE).
+TRANSLATION: dict[grpc.StatusCode, Callable[[str, str], XcpError]] = {
+    grpc.StatusCode.UNAVAILABLE: _cannot_contact,
+    grpc.StatusCode.CANCELLED: _cannot_contact,
+    grpc.StatusCode.DEADLINE_EXCEEDED: _timed_out,
+}
+
+
+def translate(exc: grpc.RpcError, host: str, operation: str) -> XcpError:
+    """The catalogued error for a failed call to `host`."""
+    passed_on = XcpError.from_rpc_error(exc)
+    if passed_on is not None:
+        return passed_on
+    return TRANSLATION.get(exc.code(), _internal)(host, operation)
+
+
+class ConnectFailed(grpc.RpcError):
+    """No transport to the slave within the connect budget: an UNAVAILABLE that
+    no channel raised, so it goes through the same table."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self._detail = detail
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._detail
+
+    def trailing_metadata(self):
+        return None
+
+
+@dataclass
+class _Peer:
+    """The pooled channel to one slave."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: slave_service_pb2_grpc.SlaveServiceStub
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A forwarded call, so that a host's death can fail it at once."""
+
+    task: asyncio.Task
+    offline: bool = field(default=False)
 
 
 class Forwarder:
-    def __init__(self, *args, **kwargs) -> None:
-        pass
+    """Calls slaves on behalf of the master's API."""
+
+    def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
+                 clock: Callable[[], float]) -> None:
+        self._store = store
+        self._liveness = liveness
+        self._contact_timeout = contact_timeout
+        self._clock = clock
+        self._options = forwarding_channel_options(contact_timeout)
+        self._peers: dict[str, _Peer] = {}
+        self._in_flight: dict[str, set[_InFlight]] = {}
+        liveness.add_listener(self._on_flip)
+
+    async def call(self, host: str, method: str, request: Message, *, operation: str,
+                   timeout: float, budget: float | None) -> Message:
+        """Call SlaveService.`method` on `host` within min(timeout, budget)."""
+        if not self._liveness.is_live(host):
+            raise XcpError("HOST_OFFLINE", host=host)
+        deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
+        if deadline <= 0:
+            raise XcpError("OPERATION_TIMED_OUT", host=host, operation=operation)
+        peer = self._peer(host)
+        flight = _InFlight(asyncio.ensure_future(self._invoke(peer, method, request, deadline)))
+        calls = self._in_flight.setdefault(host, set())
+        calls.add(flight)
+        try:
+            return await flight.task
+        except asyncio.CancelledError:
+            if flight.offline:
+                raise XcpError("HOST_OFFLINE", host=host) from None
+            raise
+        except grpc.RpcError as exc:
+            raise translate(exc, host, operation) from exc
+        finally:
+            calls.discard(flight)
+
+    async def _invoke(self, peer: _Peer, method: str, request: Message,
+                      deadline: float) -> Message:
+        started = self._clock()
+        await self._connect(peer.channel, min(self._contact_timeout, deadline))
+        remaining = deadline - (self._clock() - started)
+        return await getattr(peer.stub, method)(request, timeout=max(remaining, 0.001))
+
+    async def _connect(self, channel: grpc.aio.Channel, budget: float) -> None:
+        """Wait for a transport, at most `budget`; a refusal fails at once.
+
+        A new channel to a frozen peer would wait 20 s for the HTTP/2 settings
+        (GRPC-FACTS.md): keepalive does not run before the transport is up."""
+        ready = grpc.ChannelConnectivity.READY
+        state = channel.get_state(try_to_connect=True)
+        end = self._clock() + budget
+        while state != ready:
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                raise ConnectFailed("connection refused or reset")
+            left = end - self._clock()
+            if left <= 0:
+                raise ConnectFailed(f"no connection within {budget:.1f}s")
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), left)
+            except asyncio.TimeoutError:
+                raise ConnectFailed(f"no connection within {budget:.1f}s") from None
+            state = channel.get_state(try_to_connect=True)
+
+    def _peer(self, host: str) -> _Peer:
+        record = self._store.get("host", host)
+        if record is None:
+            raise XcpError("HANDLE_INVALID", **{"class": "host"}, uuid=host)
+        peer = self._peers.get(host)
+        if peer is not None and peer.address == record.address:
+            return peer
+        if peer is not None:
+            self._retire(peer)
+        channel = grpc.aio.insecure_channel(record.address, options=self._options)
+        peer = _Peer(record.address, channel, slave_service_pb2_grpc.SlaveServiceStub(channel))
+        self._peers[host] = peer
+        return peer
+
+    def _retire(self, peer: _Peer) -> None:
+        # Calls still on the old channel fail (CANCELLED: CANNOT_CONTACT_HOST).
+        asyncio.ensure_future(peer.channel.close())
+
+    def _on_flip(self, host: str, live: bool) -> None:
+        if live:
+            return
+        for flight in self._in_flight.get(host, ()):
+            flight.offline = True
+            flight.task.cancel()
+
+    def in_flight(self, host: str) -> int:
+        return len(self._in_flight.get(host, ()))
+
+    def forget(self, host: str) -> None:
+        """The host left the pool: close its channel."""
+        peer = self._peers.pop(host, None)
+        if peer is not None:
+            self._retire(peer)
 
     async def close(self) -> None:
-        pass
+        peers, self._peers = list(self._peers.values()), {}
+        await asyncio.gather(*(p.channel.close() for p in peers), return_exceptions=True)

@@ -57,7 +57,7 @@ class HeartbeatSessions:
         await self._register(host, hello)
         session = Session(host, self._liveness.attach(host))
         self._liveness.beat(host, self._clock())
-        self._mirror.report(host, hello.memory_total, hello.memory_free, self._wall())
+        self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
         self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
@@ -69,7 +69,7 @@ class HeartbeatSessions:
             return None  # superseded by a newer stream; its end is near
         host = session.host
         self._liveness.beat(host, self._clock())
-        self._mirror.report(host, self._total(host), beat.memory_free, self._wall())
+        self._mirror.report(host, beat.memory_free, self._wall())
         if beat.domains_included:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
@@ -83,11 +83,6 @@ class HeartbeatSessions:
         if self._liveness.detach(session.host, session.stream):
             how = "said goodbye" if goodbye else "lost its heartbeat stream"
             log.info("host %s %s: not live", session.host, how)
-
-    def _total(self, host: str) -> int:
-        record = self._store.get("host", host)
-        metrics = record and self._store.get("host_metrics", record.metrics)
-        return metrics.memory_total if metrics else 0
 
     def _take_domains(self, host: str, digest: str,
                       domains: Sequence[slave_service_pb2.Domain]) -> None:
@@ -115,6 +110,10 @@ class HeartbeatSessions:
             updated = copy(record)
             updated.address, updated.name_label = hello.address, name
             await self._store.put(updated)
+
+    def request_domains(self, host: str) -> None:
+        """Make the host send its full domain list with its next beat."""
+        self._digests.pop(host, None)
 
     def forget(self, host: str) -> None:
         self._digests.pop(host, None)

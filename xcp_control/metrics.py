@@ -45,17 +45,22 @@ class MetricsMirror:
         self._wake = asyncio.Event()
         liveness.add_listener(self._on_flip)
 
-    def report(self, host: str, memory_total: int, memory_free: int, wall: float) -> None:
-        """Figures from a heartbeat; written later, at a bounded rate."""
-        now = self._clock()
+    def report(self, host: str, memory_free: int, wall: float,
+               memory_total: int | None = None) -> None:
+        """Figures from a heartbeat (memory_total only with a Hello); written
+        later, at a bounded rate. This is on the per-beat path: keep it lean."""
         seen = self._reported.get(host)
         if seen is None:
-            self._reported[host] = _Reported(memory_total, memory_free, wall, now)
+            self._reported[host] = _Reported(memory_total or 0, memory_free, wall, self._clock())
             self._mark(host)
             return
         seen.wall = wall
-        if (seen.memory_total, seen.memory_free) != (memory_total, memory_free):
-            seen.memory_total, seen.memory_free = memory_total, memory_free
+        total = seen.memory_total if memory_total is None else memory_total
+        if seen.memory_total != total:  # a host restarted with other hardware: now
+            seen.memory_total, seen.memory_free = total, memory_free
+            self._mark(host)
+        elif seen.memory_free != memory_free:
+            seen.memory_free = memory_free
             self._stale.add(host)
 
     def forget(self, host: str) -> None:

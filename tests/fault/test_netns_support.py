@@ -87,6 +87,8 @@ def stop(proc: subprocess.Popen) -> None:
     """Kill and reap a process we started (the caller's job, not destroy()'s)."""
     proc.kill()
     proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @pytest.fixture
@@ -123,12 +125,13 @@ def outcome(proc: subprocess.Popen) -> str:
 
 def leftovers(host: TestHost) -> list[str]:
     """Which of the host's namespace, veth and table still exist, read from ip and nft."""
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    found = [host.name] if host.name in ns.split() else []
-    found += [host.root_veth] if f" {host.root_veth}:" in links or f" {host.root_veth}@" in links else []
-    found += [host.table] if host.table in tables.split() else []
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10)
+
+    found = [host.name] if host.name in run("ip", "netns", "list").stdout.split() else []
+    link_exists = run("ip", "link", "show", "dev", host.root_veth).returncode == 0
+    found += [host.root_veth] if link_exists else []
+    found += [host.table] if host.table in run("nft", "list", "tables").stdout.split() else []
     return found
 
 

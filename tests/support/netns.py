@@ -43,6 +43,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -85,8 +86,14 @@ def _cmd(
         list(argv), input=stdin, capture_output=True, text=True, timeout=CMD_TIMEOUT
     )
     if check and done.returncode != 0:
-        raise TestHostError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        _fail(argv, done)
     return done
+
+
+def _fail(argv: Sequence[str], done: subprocess.CompletedProcess[str]) -> None:
+    """Raise TestHostError with the command and its stderr folded onto one line."""
+    err = "; ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+    raise TestHostError(f"{' '.join(argv)} failed (exit {done.returncode}): {err}")
 
 
 def _exists_error(done: subprocess.CompletedProcess[str]) -> bool:
@@ -114,7 +121,8 @@ def _suffix_number(name: str, prefix: str) -> int | None:
 def _list_links() -> list[str]:
     """Names of root-namespace links starting with xcpv."""
     out = _cmd(["ip", "-j", "link", "show"]).stdout
-    return [l["ifname"] for l in json.loads(out or "[]") if l["ifname"].startswith(LINK_PREFIX)]
+    names = [link["ifname"] for link in json.loads(out or "[]")]
+    return [name for name in names if name.startswith(LINK_PREFIX)]
 
 
 def _list_namespaces() -> list[str]:
@@ -219,9 +227,8 @@ def cleanup_stale() -> list[str]:
         if ns != PROBE_NS:
             _classify(ns, _suffix_number(ns, NS_PREFIX), numbered, removed, _drop_ns)
     for family, table in _list_tables():
-        drop = lambda name, fam=family: _cmd(["nft", "delete", "table", fam, name], check=False)
-        _classify(table, _suffix_number(table, TABLE_PREFIX) if family == "inet" else None,
-                  numbered, removed, drop)
+        n = _suffix_number(table, TABLE_PREFIX) if family == "inet" else None
+        _classify(table, n, numbered, removed, functools.partial(_drop_table, family))
     for n, names in sorted(numbered.items()):
         if (fd := _try_lock(f"pair-{n}.lock")) is not None:
             try:
@@ -241,6 +248,10 @@ def _classify(name: str, n: int | None, numbered: dict[int, set[str]],
         removed.append(name)
     else:
         numbered.setdefault(n, set()).add(name)
+
+
+def _drop_table(family: str, name: str) -> None:
+    _cmd(["nft", "delete", "table", family, name], check=False)
 
 
 def _drop_link(name: str) -> None:
@@ -304,6 +315,7 @@ class TestHost:
         self.host_ip: str | None = None
         self.table: str | None = None
         self._lock_fd: int | None = None
+        self._owner_pid = os.getpid()
         self._partitioned = False
 
     def __repr__(self) -> str:
@@ -322,6 +334,7 @@ class TestHost:
         if self._lock_fd is not None:
             return self
         _cleanup_stale_once()
+        self._owner_pid = os.getpid()
         with _live_lock:
             _live.add(self)
         try:
@@ -363,18 +376,20 @@ class TestHost:
 
     def _make_pair(self) -> bool:
         """Create the namespace and the veth (peer born inside it); False if a name is taken."""
-        done = _cmd(["ip", "netns", "add", self.name], check=False)
+        add_ns = ["ip", "netns", "add", self.name]
+        done = _cmd(add_ns, check=False)
         if _exists_error(done):
             return False
         if done.returncode != 0:
-            raise TestHostError(f"ip netns add {self.name} failed: {done.stderr.strip()}")
-        done = _cmd(["ip", "link", "add", "name", self.root_veth, "type", "veth",
-                     "peer", "name", self.peer_veth, "netns", self.name], check=False)
+            _fail(add_ns, done)
+        add_veth = ["ip", "link", "add", "name", self.root_veth, "type", "veth",
+                    "peer", "name", self.peer_veth, "netns", self.name]
+        done = _cmd(add_veth, check=False)
         if _exists_error(done):
             _cmd(["ip", "netns", "del", self.name], check=False)
             return False
         if done.returncode != 0:
-            raise TestHostError(f"ip link add {self.root_veth} failed: {done.stderr.strip()}")
+            _fail(add_veth, done)
         return True
 
     def _configure(self) -> None:
@@ -393,7 +408,7 @@ class TestHost:
         leftover would break the next test in confusing ways.
         """
         try:
-            if self.index is not None:
+            if self.index is not None and self._lock_fd is not None:  # only what we own
                 _remove_pair_objects(self.index, self.name)
                 self._partitioned = False
                 self._verify_gone()
@@ -467,9 +482,10 @@ class TestHost:
         """Delete the partition table; a no-op when not partitioned."""
         if self.table is None:
             return
-        done = _cmd(["nft", "delete", "table", "inet", self.table], check=False)
+        argv = ["nft", "delete", "table", "inet", self.table]
+        done = _cmd(argv, check=False)
         if done.returncode != 0 and "No such file" not in done.stderr:
-            raise TestHostError(f"nft delete table {self.table} failed: {done.stderr.strip()}")
+            _fail(argv, done)
         self._partitioned = False
 
     @property
@@ -489,9 +505,9 @@ class TestHost:
 
 @atexit.register
 def _destroy_live_hosts() -> None:
-    """Destroy hosts the caller forgot, at interpreter exit."""
+    """Destroy hosts the caller forgot, at interpreter exit (not a forked child's exit)."""
     with _live_lock:
-        hosts = list(_live)
+        hosts = [host for host in _live if host._owner_pid == os.getpid()]
     for host in hosts:
         with contextlib.suppress(Exception):
             host.destroy()
