@@ -46,6 +46,7 @@ class HeartbeatSessions:
         self._wall = wall_clock
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
+        self._closing = False
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
@@ -78,8 +79,14 @@ class HeartbeatSessions:
             return pb.HeartbeatResponse(interval_ms=self._interval_ms, send_domains=True)
         return None
 
+    def close(self) -> None:
+        """The master is stopping: streams it ends say nothing of their hosts."""
+        self._closing = True
+
     def end(self, session: Session, goodbye: bool) -> None:
         """The stream ended: the host is down at once, unless it has a newer one."""
+        if self._closing:
+            return
         if self._liveness.detach(session.host, session.stream):
             how = "said goodbye" if goodbye else "lost its heartbeat stream"
             log.info("host %s %s: not live", session.host, how)

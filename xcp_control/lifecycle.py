@@ -10,6 +10,8 @@ the new record.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -17,6 +19,7 @@ from typing import Callable, Iterator
 from google.protobuf.message import Message
 
 from xcp_control import placement, validation
+from xcp_control.errors import XcpError
 from xcp_control.forwarding import Forwarder
 from xcp_control.heartbeats import HeartbeatSessions
 from xcp_control.pool import Pool, bad_power_state, halted
@@ -24,6 +27,8 @@ from xcp_control.reconcile import RESIDENT, Reconciler
 from xcp_control.settings import OperationTimeouts
 from xcp_control.store import copy
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class Lifecycle:
                                      sessions.request_domains)
         sessions.add_domains_listener(self.reconciler.on_domains)
         pool.add_forget_listener(forwarder.forget)
+        pool.liveness.add_listener(self._on_flip)
+        self._background: set[asyncio.Task] = set()
 
     # -- VMs -----------------------------------------------------------------
 
@@ -176,6 +183,23 @@ class Lifecycle:
             updated.enabled = enabled
             await self._store.put(updated)
             return updated
+
+    def _on_flip(self, host: str, live: bool) -> None:
+        """A restarted slave comes back enabled (it keeps only its uuid): tell a
+        host the operator disabled that it still is."""
+        record = self._store.get("host", host)
+        if live and record is not None and not record.enabled:
+            task = asyncio.ensure_future(self._redisable(host))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _redisable(self, host: str) -> None:
+        try:
+            await self._forwarder.call(host, "SetEnabled", sl.SetEnabledRequest(enabled=False),
+                                       operation="disable", timeout=self._timeouts.admin,
+                                       budget=None)
+        except XcpError as exc:
+            log.warning("could not re-disable host %s: %s", host, exc.reason)
 
     async def destroy_domain(self, host: str, vm: str) -> None:
         """Remove a domain that must not run on `host` (reconciliation)."""

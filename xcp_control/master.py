@@ -117,11 +117,14 @@ class Master:
                             host, self.settings.dead_after)
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
+        """Stop serving. Hosts keep their stored liveness: the streams this ends
+        say nothing about them, and the next master judges them after its grace."""
+        self.sessions.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(grace)
         await self.forwarder.close()
         await self.store.close()
 

@@ -41,7 +41,8 @@ from xcp_control.transport import server_options
 
 INTERVAL_MS = 200
 GiB = 1024**3
-LINE = re.compile(r"xcp-slave: host (?P<uuid>[0-9a-f-]{36}) listening on (?P<addr>127\.0\.0\.1:\d+)")
+LINE = re.compile(r"xcp-slave: host (?P<uuid>[0-9a-f-]{36}) "
+                  r"listening on (?P<addr>127\.0\.0\.1:\d+)")
 VM1 = "aaaaaaaa-0000-4000-8000-000000000001"
 
 
