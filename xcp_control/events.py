@@ -119,7 +119,7 @@ class EventHub:
         """The generation in a token of this database; EVENTS_LOST for a token
         of another database or from the future, INVALID_VALUE for garbage."""
         db_id, _, generation = token.partition(".")
-        if not generation.isdigit():
+        if not (generation.isascii() and generation.isdigit() and len(generation) <= 20):
             raise XcpError("INVALID_VALUE", field="token", value=token[:64])
         if db_id != self._store.db_id or int(generation) > self._store.generation:
             raise XcpError("EVENTS_LOST", token=token[:64])

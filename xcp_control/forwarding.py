@@ -31,7 +31,9 @@ from google.protobuf.message import Message
 
 from xcp_control.errors import XcpError
 from xcp_control.liveness import Liveness
+from xcp_control.pki import host_dns_name
 from xcp_control.store import Store
+from xcp_control.tls import open_channel
 from xcp_control.transport import forwarding_channel_options
 from xcp.v1 import slave_service_pb2_grpc
 
@@ -113,12 +115,14 @@ class Forwarder:
     """Calls slaves on behalf of the master's API."""
 
     def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self._store = store
         self._liveness = liveness
         self._contact_timeout = contact_timeout
         self._clock = clock
         self._options = forwarding_channel_options(contact_timeout)
+        self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
         liveness.add_listener(self._on_flip)
@@ -182,7 +186,8 @@ class Forwarder:
             return peer
         if peer is not None:
             self._retire(peer)
-        channel = grpc.aio.insecure_channel(record.address, options=self._options)
+        channel = open_channel(record.address, self._options, self._credentials,
+                               host_dns_name(host))
         peer = _Peer(record.address, channel, slave_service_pb2_grpc.SlaveServiceStub(channel))
         self._peers[host] = peer
         return peer

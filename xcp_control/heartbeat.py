@@ -27,6 +27,8 @@ import grpc
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
 from xcp_control.hypervisor import DomainInfo, Hypervisor, domains_digest
+from xcp_control.pki import MASTER_NAME
+from xcp_control.tls import open_channel
 from xcp_control.transport import heartbeat_channel_options
 
 log = logging.getLogger(__name__)
@@ -161,8 +163,10 @@ class HeartbeatClient:
 
     def __init__(self, master: str, identity: HostIdentity, hypervisor: Hypervisor, *,
                  reconnect_cap: float = DEFAULT_INTERVAL, interval: float = DEFAULT_INTERVAL,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.master = master
+        self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
         self._interval = interval
@@ -236,7 +240,8 @@ class HeartbeatClient:
         # then fail at once however long we waited.
         options = heartbeat_channel_options(self._interval) + [
             ("grpc.use_local_subchannel_pool", 1)]
-        async with grpc.aio.insecure_channel(self.master, options=options) as channel:
+        channel = open_channel(self.master, options, self._credentials, MASTER_NAME)
+        async with channel:
             call = pb_grpc.LivenessServiceStub(channel).Heartbeat()
             stopping = asyncio.ensure_future(self._stop.wait())
             try:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from xcp_control import validation
+from xcp_control.auth import CALLER
+from xcp_control.errors import XcpError
 from xcp_control.liveness import Liveness
 from xcp_control.metrics import MetricsMirror
 from xcp_control.store import Put, Store, copy
@@ -55,6 +57,7 @@ class HeartbeatSessions:
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
         """Register or update the host, then open its session."""
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
+        self._check_caller(host)
         await self._register(host, hello)
         session = Session(host, self._liveness.attach(host))
         self._liveness.beat(host, self._clock())
@@ -63,6 +66,15 @@ class HeartbeatSessions:
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
                                              domains_ack=hello.domains_digest)
+
+    @staticmethod
+    def _check_caller(host: str) -> None:
+        """With TLS, a host may heartbeat only as the host its certificate names."""
+        caller = CALLER.get()
+        if caller is not None and caller.name != host:
+            log.warning("refused a heartbeat from %s claiming to be host %s", caller.name, host)
+            raise XcpError("RBAC_PERMISSION_DENIED", role=caller.role,
+                           operation=f"heartbeat as host {host}")
 
     def beat(self, session: Session, beat: pb.Beat) -> pb.HeartbeatResponse | None:
         """A beat; the answer, when the slave needs one."""

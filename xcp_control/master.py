@@ -16,7 +16,7 @@ from typing import Callable
 
 import grpc
 
-from xcp_control import api
+from xcp_control import api, auth, pki, tls
 from xcp_control.events import EventHub
 from xcp_control.forwarding import Forwarder
 from xcp_control.heartbeats import HeartbeatSessions
@@ -76,11 +76,13 @@ class Master:
         self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
                                           s.heartbeat_interval, self.clock)
-        self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock)
+        server_credentials, interceptors, channel_credentials = self._security()
+        self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
+                                   credentials=channel_credentials)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
-        self._server = self._build_server()
+        self._server = self._build_server(interceptors)
         try:
-            self.address = bind(self._server, s.listen)
+            self.address = bind(self._server, s.listen, server_credentials)
         except Exception:
             await self.store.close()
             raise
@@ -97,8 +99,20 @@ class Master:
             hosts.append((metrics.host, metrics.live))
         return hosts
 
-    def _build_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes))
+    def _security(self):
+        """(server credentials, interceptors, channel credentials to slaves);
+        None / empty without a TLS directory."""
+        if not self.settings.tls_dir:
+            return None, [], None
+        tlsdir = pki.TlsDir(self.settings.tls_dir)
+        authoriser = auth.Authoriser(auth.TokenBook(tlsdir), auth.master_policy)
+        return (tls.server_credentials(tlsdir, tlsdir.master()),
+                [auth.AuthInterceptor(authoriser)],
+                tls.channel_credentials(tlsdir, tlsdir.master()))
+
+    def _build_server(self, interceptors) -> grpc.aio.Server:
+        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
+                                 interceptors=interceptors)
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
             api.HostServicer(self.pool, self.lifecycle), server)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
@@ -142,13 +156,15 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
                    help="longest wait for a silent host (default %(default)s)")
     p.add_argument("--startup-grace", type=float, default=None, metavar="S",
                    help="seconds hosts keep their stored state after start (default: dead-after)")
+    p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
+                   help="pool certificates (xcp pool-init): mutual TLS only (default: plaintext)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
-                          startup_grace=a.startup_grace)
+                          startup_grace=a.startup_grace, tls_dir=a.tls_dir)
 
 
 async def run(settings: MasterSettings) -> None:

@@ -18,14 +18,19 @@ class PortInUse(SettingsError):
     """The listen address is taken (or not ours to bind)."""
 
 
-def bind(server: grpc.aio.Server, listen: str) -> str:
-    """Bind `listen` (port 0 picks a free port); the bound HOST:PORT.
+def bind(server: grpc.aio.Server, listen: str,
+         credentials: grpc.ServerCredentials | None = None) -> str:
+    """Bind `listen` (port 0 picks a free port), with TLS when credentials are
+    given; the bound HOST:PORT.
 
     Servers are built with SO_REUSEPORT off (transport.server_options), so a
     port in use fails here, loudly, instead of being shared."""
     host, _ = parse_endpoint(listen, "--listen")
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         raise PortInUse(f"cannot listen on {listen}: {exc}") from exc
     if port == 0:

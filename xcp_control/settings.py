@@ -55,6 +55,7 @@ class MasterSettings:
     watch_queue_size: int = 10_000  # events buffered per watcher before it must resync
     change_log_size: int = 100_000  # changes kept for Watch resume by token
     max_message_bytes: int = 4 * 1024 * 1024  # largest request the master accepts
+    tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
     timeouts: OperationTimeouts = field(default_factory=OperationTimeouts)  # per-operation budgets
 
     @property
@@ -94,6 +95,7 @@ class SlaveSettings:
     hard_shutdown_time: float = 0.05  # seconds a simulated power-off takes
     pause_time: float = 0.02  # seconds a simulated pause or unpause takes
     reconnect_cap: float = 1.0  # longest backoff between two attempts to reach the master
+    tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
 
     def validate(self) -> "SlaveSettings":
         parse_endpoint(self.master, "--master")

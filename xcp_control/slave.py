@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import re
@@ -23,15 +22,15 @@ import uuid
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from xcp.v1 import slave_service_pb2 as pb
 from xcp.v1 import slave_service_pb2_grpc as pb_grpc
+from xcp_control import auth, pki, tls
 from xcp_control.errors import XcpError, rpc_method
 from xcp_control.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.hypervisor import Hypervisor, SimulatedHypervisor
-from xcp_control.settings import SettingsError, SlaveSettings, parse_endpoint
+from xcp_control.serving import PortInUse, add_standard_services, bind
+from xcp_control.settings import SettingsError, SlaveSettings
 from xcp_control.transport import server_options
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 PROG = "xcp-slave"
 HOST_UUID_FILE = "host-uuid"
 SLAVE_SERVICE = pb.DESCRIPTOR.services_by_name["SlaveService"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # requests to a slave are tiny; this only bounds abuse
 _STOP_GRACE = 2.0  # seconds in-flight operations get to finish at shutdown
 
@@ -154,45 +152,38 @@ def _create_host_uuid(state_dir: Path, path: Path) -> str:
 # -- server -------------------------------------------------------------------
 
 
-def format_endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _security(settings: SlaveSettings, host_uuid: str):
+    """(server credentials, interceptors, channel credentials) for this host;
+    all None / empty without --tls-dir."""
+    if not settings.tls_dir:
+        return None, [], None
+    tlsdir = pki.TlsDir(settings.tls_dir)
+    paths = tlsdir.host(host_uuid)
+    if not paths.cert.exists():
+        raise StartupError(f"no certificate for host {host_uuid} in {settings.tls_dir}: "
+                           f"issue one with `xcp cert-issue --kind host --name {host_uuid}`")
+    guard = auth.AuthInterceptor(auth.Authoriser(None, auth.slave_policy))
+    return (tls.server_credentials(tlsdir, paths), [guard],
+            tls.channel_credentials(tlsdir, paths))
 
 
-async def _new_health_servicer():
-    """The standard health service, all SERVING (the aio servicer if this
-    grpcio-health-checking has it)."""
-    aio = getattr(health, "aio", None)
-    servicer = aio.HealthServicer() if aio else health.HealthServicer()
-    for service in ("", SLAVE_SERVICE):
-        result = servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        if inspect.isawaitable(result):
-            await result
-    return servicer
-
-
-async def _start_server(settings: SlaveSettings, hypervisor: Hypervisor):
+async def _start_server(settings: SlaveSettings, hypervisor: Hypervisor,
+                        credentials, interceptors):
     """A started grpc.aio server, its health servicer and the bound address."""
-    host, _ = parse_endpoint(settings.listen, "--listen")
-    server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES))
+    server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES),
+                             interceptors=interceptors)
     pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(hypervisor), server)
-    health_servicer = await _new_health_servicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SLAVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {settings.listen}: {exc}") from None
-    if port == 0:  # older grpcio reports a failed bind this way
-        raise StartupError(f"cannot listen on {settings.listen}")
+        bound = bind(server, settings.listen, credentials)
+    except PortInUse as exc:
+        raise StartupError(str(exc)) from None
+    health_servicer = await add_standard_services(server, [SLAVE_SERVICE])
     await server.start()
-    return server, health_servicer, format_endpoint(host, port)
+    return server, health_servicer, bound
 
 
 async def _stop_server(server, health_servicer) -> None:
-    result = health_servicer.enter_graceful_shutdown()
-    if inspect.isawaitable(result):
-        await result
+    await health_servicer.enter_graceful_shutdown()
     await server.stop(_STOP_GRACE)
 
 
@@ -219,14 +210,17 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
         stop = _stop_on_signals()
     host_uuid = load_or_create_host_uuid(Path(settings.state_dir))
     hypervisor = SimulatedHypervisor.from_settings(host_uuid, settings)
-    server, health_servicer, bound = await _start_server(settings, hypervisor)
+    server_credentials, interceptors, channel_credentials = _security(settings, host_uuid)
+    server, health_servicer, bound = await _start_server(settings, hypervisor,
+                                                         server_credentials, interceptors)
     try:
         print(f"{PROG}: host {host_uuid} listening on {bound}", flush=True)
         identity = HostIdentity(host_uuid, _name_label(settings), settings.advertise or bound)
         log.info("host %s (%s) serving on %s, master %s", host_uuid, identity.name_label,
                  bound, settings.master)
         client = HeartbeatClient(settings.master, identity, hypervisor,
-                                 reconnect_cap=settings.reconnect_cap)
+                                 reconnect_cap=settings.reconnect_cap,
+                                 credentials=channel_credentials)
         beating = asyncio.create_task(client.run())
         try:
             await stop
@@ -295,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(d, attr)
         p.add_argument(flag, dest=attr, type=_seconds, default=default, metavar="S",
                        help=f"seconds {what} (default {default})")
+    p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
+                   help="pool certificates: speak only mutual TLS (default: plaintext)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level")
     return p
@@ -306,7 +302,7 @@ def settings_from_args(args: argparse.Namespace) -> SlaveSettings:
         advertise=args.advertise, memory=args.memory, boot_time=args.boot_time,
         clean_shutdown_time=args.clean_shutdown_time,
         hard_shutdown_time=args.hard_shutdown_time, pause_time=args.pause_time,
-        reconnect_cap=args.reconnect_cap)
+        reconnect_cap=args.reconnect_cap, tls_dir=args.tls_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

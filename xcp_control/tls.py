@@ -40,3 +40,12 @@ def to_master() -> Options:
 
 def to_host(host_uuid: str) -> Options:
     return expect_name(pki.host_dns_name(host_uuid))
+
+
+def open_channel(target: str, options: Options, credentials: grpc.ChannelCredentials | None,
+                 server_name: str) -> grpc.aio.Channel:
+    """A channel to `target`: mutual TLS expecting `server_name` when
+    credentials are given, plaintext otherwise."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options + expect_name(server_name))

@@ -21,6 +21,13 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+# Limits against hostile or broken peers: streams one connection may hold open
+# (one heartbeat, a few watches and calls: 256 is far above any honest client),
+# and how long a connection with no stream at all is kept.
+MAX_STREAMS_PER_CONNECTION = 256
+IDLE_CONNECTION_S = 300.0
+
+
 def server_options(max_message_bytes: int, keepalive_s: float = 10.0,
                    ping_timeout_s: float = 5.0) -> Options:
     """Options for the master's and the slaves' servers. Server keepalive frees
@@ -35,6 +42,8 @@ def server_options(max_message_bytes: int, keepalive_s: float = 10.0,
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.max_connection_idle_ms", _ms(IDLE_CONNECTION_S)),
     ]
 
 

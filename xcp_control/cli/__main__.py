@@ -1,0 +1,5 @@
+import sys
+
+from xcp_control.cli.app import main
+
+sys.exit(main())
