@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,9 +21,9 @@ from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import event_service_pb2 as ev
 from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs
-from xcp_control.cli import render
+from xcp_control.cli import certs, render
 from xcp_control.cli.client import (
-    EXIT_CODES, INTERRUPTED, OK, USAGE, CliError, Connection)
+    EXIT_CODES, INTERRUPTED, OK, USAGE, CliError, Connection, client_credentials)
 from xcp_control.settings import SettingsError, parse_endpoint
 
 DEFAULT_MASTER = "127.0.0.1:7000"
@@ -91,7 +92,7 @@ def _classes(text: str) -> list[str]:
 
 @dataclass
 class Context:
-    conn: Connection
+    conn: Connection | None  # None for the offline (certificate) commands
     out: render.Output
     args: argparse.Namespace
 
@@ -235,7 +236,7 @@ def cmd_watch(c: Context) -> None:
         names = c.conn.host_names()
     # No deadline unless --timeout was given: then it is how long to watch.
     deadline = c.args.timeout
-    call = c.conn.events.Watch(request, timeout=deadline)
+    call = c.conn.events.Watch(request, timeout=deadline, metadata=c.conn.metadata)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     shown = 0
     try:
@@ -276,7 +277,9 @@ def _epilog() -> str:
     codes = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)
     return (f"{_EXAMPLES}\nhosts and VMs are named by uuid or by name_label.\n\n"
             f"environment:\n  XCP_MASTER  the master's HOST:PORT when --master is not given "
-            f"(default {DEFAULT_MASTER})\n\n"
+            f"(default {DEFAULT_MASTER})\n"
+            f"  XCP_TLS_DIR, XCP_IDENTITY, XCP_TOKEN  defaults of --tls-dir, --identity, "
+            f"--auth-token\n\n"
             f"exit codes:\n{codes}\n")
 
 
@@ -293,6 +296,15 @@ def _common() -> argparse.ArgumentParser:
                         f"for watch: how long to watch, default until Ctrl-C)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print JSON (proto field names) instead of tables")
+    s = p.add_argument_group("security (a pool started with --tls-dir)")
+    s.add_argument("--tls-dir", default=argparse.SUPPRESS, metavar="DIR",
+                   help="the pool's certificates: speak mutual TLS (default: $XCP_TLS_DIR, "
+                        "else plaintext)")
+    s.add_argument("--identity", default=argparse.SUPPRESS, metavar="NAME",
+                   help="which client certificate of --tls-dir to use (default: "
+                        "$XCP_IDENTITY, else admin)")
+    s.add_argument("--auth-token", default=argparse.SUPPRESS, metavar="TOKEN",
+                   help="a bearer token naming the caller (default: $XCP_TOKEN)")
     return p
 
 
@@ -303,6 +315,7 @@ class Command:
     run: Callable[[Context], None]
     lifecycle: bool = False
     add: Callable[[argparse.ArgumentParser], None] | None = None
+    offline: bool = False  # works on files only: no connection to the master
 
 
 def _host_arg(p: argparse.ArgumentParser) -> None:
@@ -386,6 +399,14 @@ COMMANDS = (
     Command("vm-unpause", "unpause a PAUSED VM", cmd_vm_unpause, lifecycle=True, add=_vm_arg),
     Command("watch", "print events as they happen (one line each; --json: one object "
                      "per line)", cmd_watch, add=_watch_args),
+    Command("pool-init", "create the pool CA, the master's and client certificates in "
+                         "--tls-dir", lambda c: certs.pool_init(c.args),
+            add=certs.add_pool_init_args, offline=True),
+    Command("cert-issue", "issue a certificate of the pool CA (a slave's: --kind host "
+                          "--name <uuid>)", lambda c: certs.cert_issue(c.args),
+            add=certs.add_cert_issue_args, offline=True),
+    Command("token-issue", "issue a bearer token with a role; prints it once",
+            lambda c: certs.token_issue(c.args), add=certs.add_token_issue_args, offline=True),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -422,6 +443,9 @@ def parse_args(argv: list[str] | None, environ: dict[str, str] | None = None,
     except SettingsError as exc:
         parser.error(str(exc))
     args.json = getattr(args, "json", False)
+    args.tls_dir = getattr(args, "tls_dir", None) or environ.get("XCP_TLS_DIR", "")
+    args.identity = getattr(args, "identity", None) or environ.get("XCP_IDENTITY", "admin")
+    args.auth_token = getattr(args, "auth_token", None) or environ.get("XCP_TOKEN", "")
     explicit = getattr(args, "timeout", None)
     if command.name == "watch":
         args.timeout = explicit  # None: watch until stopped
@@ -433,10 +457,11 @@ def parse_args(argv: list[str] | None, environ: dict[str, str] | None = None,
 
 
 def _spinner(text: str):
+    """A rich spinner on stderr while a long call runs; nothing when stderr is
+    not a terminal (piped, redirected, CI)."""
     from rich.console import Console
     console = Console(stderr=True)
     if not console.is_terminal:
-        from contextlib import nullcontext
         return nullcontext()
     return console.status(f"{text}...", spinner="dots")
 
@@ -450,7 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     command = BY_NAME[args.command]
     out = render.Output(json_mode=args.json)
     try:
-        with Connection(args.master, args.call_timeout, spinner=_spinner) as conn:
+        if command.offline:
+            command.run(Context(None, out, args))
+            return OK
+        with Connection(args.master, args.call_timeout, spinner=_spinner,
+                        credentials=client_credentials(args.tls_dir, args.identity),
+                        token=args.auth_token) as conn:
             command.run(Context(conn, out, args))
     except CliError as exc:
         print(exc.message, file=sys.stderr)

@@ -24,6 +24,7 @@ import grpc
 from xcp.v1 import event_service_pb2_grpc, host_service_pb2 as hs, host_service_pb2_grpc
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 from xcp_control.cli.render import error_line
+from xcp_control import pki, tls
 from xcp_control.errors import HOST_UNREACHABLE, error_info
 
 OK = 0
@@ -112,15 +113,20 @@ class Connection:
     terminal); every failure becomes a CliError."""
 
     def __init__(self, address: str, timeout: float,
-                 spinner: Callable[[str], Any] | None = None) -> None:
+                 spinner: Callable[[str], Any] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, token: str = "") -> None:
         self.address = address
         self.timeout = timeout
         self._spinner = spinner
         self._ready = threading.Event()
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.enable_retries", 0),
-        ])
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
+                   ("grpc.enable_retries", 0)]
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            self.channel = grpc.secure_channel(address, credentials,
+                                               options=options + tls.to_master())
         self.channel.subscribe(self._on_state)
         self.hosts = host_service_pb2_grpc.HostServiceStub(self.channel)
         self.vms = vm_service_pb2_grpc.VMServiceStub(self.channel)
@@ -152,7 +158,7 @@ class Connection:
     def call(self, method, request, progress: str | None = None,
              timeout: float | None = None):
         timeout = self.timeout if timeout is None else timeout
-        future = method.future(request, timeout=timeout)
+        future = method.future(request, timeout=timeout, metadata=self.metadata)
         status = (self._spinner(progress) if progress and self._spinner is not None
                   else nullcontext())
         try:
@@ -189,6 +195,18 @@ class Connection:
         except CliError:
             return {}
         return {h.uuid: h.name_label for h in listing.hosts}
+
+
+def client_credentials(tls_dir: str, identity: str) -> grpc.ChannelCredentials | None:
+    """Mutual TLS as client `identity` of the pool in `tls_dir`; None for plaintext."""
+    if not tls_dir:
+        return None
+    pool = pki.TlsDir(tls_dir)
+    paths = pool.client(identity)
+    if not paths.cert.exists():
+        raise CliError(USAGE, f"error: no certificate for identity {identity!r} in {tls_dir} "
+                              f"(see xcp pool-init, xcp cert-issue)")
+    return tls.channel_credentials(pool, paths)
 
 
 def _unique(kind: str, ref: str, found: list[str]) -> str:

@@ -298,7 +298,12 @@ class Output:
         for row in rows:
             out.add_row(*(f"[{_STYLES[c]}]{c}[/]" if c in _STYLES else _escape(c)
                           for c in row))
-        Console(file=self.stream, highlight=False).print(out)
+        # Never squash or fold a uuid: on a narrow terminal the table is drawn
+        # at its natural width and the terminal wraps it.
+        natural = max(len(line) for line in plain_table(header, rows).splitlines())
+        console = Console(file=self.stream, highlight=False)
+        console.width = max(console.width, natural + 2 * len(header))
+        console.print(out)
 
     def record(self, message: Message) -> None:
         self.write(plain_record(record(message)))
