@@ -167,7 +167,7 @@ class Forwarder:
         end = self._clock() + budget
         while state != ready:
             if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                raise ConnectFailed("connection refused or reset")
+                raise ConnectFailed("no transport: the last connection attempt failed")
             left = end - self._clock()
             if left <= 0:
                 raise ConnectFailed(f"no connection within {budget:.1f}s")

@@ -49,6 +49,7 @@ class HeartbeatSessions:
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
         self._closing = False
+        liveness.add_listener(self._on_flip)
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
@@ -129,6 +130,15 @@ class HeartbeatSessions:
             updated = copy(record)
             updated.address, updated.name_label = hello.address, name
             await self._store.put(updated)
+
+    def _on_flip(self, host: str, live: bool) -> None:
+        """A host that was not live may come back on the stream it had (a host
+        SIGSTOPped, or declared dead, then resumed): the master must not trust
+        the domain list it held, since DeclareDead halted its VMs and they may
+        have started elsewhere meanwhile. Forgetting the digest makes the next
+        beat ask for the full list, and reconciliation destroys stale domains."""
+        if not live:
+            self._digests.pop(host, None)
 
     def request_domains(self, host: str) -> None:
         """Make the host send its full domain list with its next beat."""

@@ -157,15 +157,21 @@ class Lifecycle:
 
     @contextmanager
     def _reserve(self, host: str, memory: int) -> Iterator[None]:
+        # Operations that reserve nothing leave the table alone: a zero entry
+        # would be deleted by whichever concurrent operation on the host ends
+        # first, and the next one to end would fail with a KeyError.
+        if not memory:
+            yield
+            return
         self._reserved[host] = self._reserved.get(host, 0) + memory
         try:
             yield
         finally:
-            left = self._reserved[host] - memory
-            if left:
+            left = self._reserved.get(host, 0) - memory
+            if left > 0:
                 self._reserved[host] = left
             else:
-                del self._reserved[host]
+                self._reserved.pop(host, None)
 
     # -- hosts -----------------------------------------------------------------
 

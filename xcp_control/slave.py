@@ -170,7 +170,10 @@ def _security(settings: SlaveSettings, host_uuid: str):
 async def _start_server(settings: SlaveSettings, hypervisor: Hypervisor,
                         credentials, interceptors):
     """A started grpc.aio server, its health servicer and the bound address."""
-    server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES),
+    # Tight keepalive: a call the master abandoned (it lost us for
+    # contact_timeout) is cancelled here within seconds, not after a TCP timeout.
+    server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES, keepalive_s=2.0,
+                                                    ping_timeout_s=1.0),
                              interceptors=interceptors)
     pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(hypervisor), server)
     try:

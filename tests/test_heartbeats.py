@@ -1,0 +1,76 @@
+"""The master's side of heartbeat streams over a real store: no network, no sleeping."""
+
+from __future__ import annotations
+
+from tests.test_pool import NOW, World, new_uuid, run
+from xcp_control.heartbeats import HeartbeatSessions
+from xcp_control.metrics import MetricsMirror
+from xcp.v1 import liveness_service_pb2 as pb, slave_service_pb2 as sl
+
+
+def sessions(world: World) -> tuple[HeartbeatSessions, list]:
+    mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW, write_interval=30.0)
+    hb = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW,
+                           wall_clock=lambda: 1.7e9)
+    reports: list = []
+    hb.add_domains_listener(lambda host, domains: reports.append((host, list(domains))))
+    return hb, reports
+
+
+def hello(host: str, digest: str = "d0") -> pb.Hello:
+    return pb.Hello(host_uuid=host, name_label="h", address="127.0.0.1:9", memory_total=8,
+                    memory_free=8, domains_digest=digest, enabled=True)
+
+
+def test_unknown_host_registers_and_goes_live(tmp_path):
+    async def body(world: World):
+        hb, reports = sessions(world)
+        host = new_uuid()
+        session, reply = await hb.hello(hello(host))
+        assert reply.interval_ms == 1000 and reply.domains_ack == "d0"
+        record = world.store.get("host", host)
+        assert record.address == "127.0.0.1:9"
+        assert world.store.get("host_metrics", record.metrics).host == host
+        assert world.liveness.is_live(host)
+        assert reports == [(host, [])]
+    run(body, tmp_path)
+
+
+def test_steady_beats_need_no_answer_and_changed_lists_are_acked(tmp_path):
+    async def body(world: World):
+        hb, reports = sessions(world)
+        session, _ = await hb.hello(hello(new_uuid()))
+        assert hb.beat(session, pb.Beat(seq=1, domains_digest="d0")) is None
+        asked = hb.beat(session, pb.Beat(seq=2, domains_digest="d1"))
+        assert asked.send_domains
+        domain = sl.Domain(vm_uuid=new_uuid())
+        ack = hb.beat(session, pb.Beat(seq=3, domains_digest="d1", domains_included=True,
+                                       domains=[domain]))
+        assert ack.domains_ack == "d1" and reports[-1][1] == [domain]
+    run(body, tmp_path)
+
+
+def test_a_host_back_from_not_live_must_resend_its_domains(tmp_path):
+    """Regression: after DeclareDead (or the reaper), the digest the master held
+    is stale: the next beat asks for the full list, so reconciliation runs."""
+    async def body(world: World):
+        hb, _ = sessions(world)
+        host = new_uuid()
+        session, _ = await hb.hello(hello(host))
+        world.liveness.mark_down(host)
+        assert hb.beat(session, pb.Beat(seq=1, domains_digest="d0")).send_domains
+    run(body, tmp_path)
+
+
+def test_only_the_newest_stream_speaks_for_a_host(tmp_path):
+    async def body(world: World):
+        hb, _ = sessions(world)
+        host = new_uuid()
+        old, _ = await hb.hello(hello(host))
+        new, _ = await hb.hello(hello(host))
+        hb.end(old, goodbye=False)
+        assert world.liveness.is_live(host)
+        assert hb.beat(old, pb.Beat(seq=9, domains_digest="d0")) is None
+        hb.end(new, goodbye=True)
+        assert not world.liveness.is_live(host)
+    run(body, tmp_path)
