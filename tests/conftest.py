@@ -18,7 +18,8 @@ def master_factory(tmp_path) -> Iterator[Callable[..., MasterProcess]]:
 
     def start(db_path=None, **kwargs) -> MasterProcess:
         db = db_path or tmp_path / f"pool-{len(started)}.db"
-        proc = MasterProcess(db, log_dir=tmp_path, **kwargs)
+        kwargs.setdefault("log_dir", tmp_path)
+        proc = MasterProcess(db, **kwargs)
         started.append(proc)
         return proc.start()
 

@@ -223,8 +223,10 @@ def test_changes_since_a_pruned_generation_is_none(db):
 def test_listeners_called_in_order_with_committed_changes(db):
     async def body(store):
         calls: list[tuple[str, list[int]]] = []
-        store.add_listener(lambda changes: calls.append(("first", [c.generation for c in changes])))
-        store.add_listener(lambda changes: calls.append(("second", [c.generation for c in changes])))
+        def listener(name):
+            return lambda changes: calls.append((name, [c.generation for c in changes]))
+        store.add_listener(listener("first"))
+        store.add_listener(listener("second"))
         await store.commit([Put(vm("a")), Put(vm("b"))])
         assert calls == [("first", [1, 2]), ("second", [1, 2])]
         calls.clear()

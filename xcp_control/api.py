@@ -91,7 +91,9 @@ class VMServicer(vm_service_pb2_grpc.VMServiceServicer):
 
     @rpc_method
     async def ListVMs(self, request, context):
-        return vs.ListVMsResponse(vms=self._pool.list_vms(request.host, request.power_state))
+        vms, next_token = self._pool.list_vms(request.host, request.power_state,
+                                              request.page_size, request.page_token)
+        return vs.ListVMsResponse(vms=vms, next_page_token=next_token)
 
     @rpc_method
     async def DestroyVM(self, request, context):

@@ -140,6 +140,26 @@ async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class Undecodable:
+    """Stands in for request bytes that are not the expected message (the
+    serving layer's lenient deserializer returns it): answered INVALID_VALUE
+    rather than grpcio's UNKNOWN and a logged traceback."""
+
+
+UNDECODABLE = Undecodable()
+
+
+def _check_decoded(request: object) -> None:
+    if request is UNDECODABLE:
+        raise XcpError("INVALID_VALUE", field="request", value="undecodable message bytes")
+
+
+async def _decoded(requests):
+    async for request in requests:
+        _check_decoded(request)
+        yield request
+
+
 def _as_xcp_error(exc: Exception, method: str) -> XcpError:
     if isinstance(exc, XcpError):
         return exc
@@ -156,6 +176,10 @@ def rpc_method(func: Callable) -> Callable:
         @functools.wraps(func)
         async def stream_wrapper(self, request, context):
             try:
+                if hasattr(request, "__aiter__"):
+                    request = _decoded(request)
+                else:
+                    _check_decoded(request)
                 async for item in func(self, request, context):
                     yield item
             except (grpc.aio.AbortError, GeneratorExit):
@@ -167,6 +191,7 @@ def rpc_method(func: Callable) -> Callable:
     @functools.wraps(func)
     async def unary_wrapper(self, request, context):
         try:
+            _check_decoded(request)
             return await func(self, request, context)
         except grpc.aio.AbortError:
             raise

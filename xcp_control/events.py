@@ -92,6 +92,7 @@ class EventHub:
             yield Sync(last)
             while (change := await sub.next()) is not None:
                 if change.generation > last:
+                    last = change.generation
                     yield change
             raise XcpError("EVENTS_LOST", token=self.token(last))
         finally:

@@ -28,6 +28,7 @@ class Liveness:
 
     def __init__(self, dead_after: float, grace: float, started_at: float) -> None:
         self._dead_after = dead_after
+        self._grace = grace
         self._grace_end = started_at + grace
         # Live hosts only, oldest beat first: a beat moves its host to the end,
         # so the reaper looks only at hosts that may have expired.
@@ -41,7 +42,9 @@ class Liveness:
         self._listeners.append(listener)
 
     def restore(self, hosts: Iterable[tuple[str, bool]], now: float) -> None:
-        """Take the stored live flags at start-up (judged after the grace)."""
+        """The master starts serving at `now` with these stored live flags: they
+        hold until the grace has passed from `now`, then the reaper judges."""
+        self._grace_end = now + self._grace
         for host, live in hosts:
             if live:
                 self._last_seen[host] = now

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from typing import Callable
@@ -25,7 +26,7 @@ from xcp_control.liveness import Liveness
 from xcp_control.locks import OperationLocks
 from xcp_control.metrics import MetricsMirror
 from xcp_control.pool import Pool
-from xcp_control.serving import add_standard_services, bind, service_name
+from xcp_control.serving import DecodeGuard, add_standard_services, bind, service_name
 from xcp_control.settings import MasterSettings, SettingsError
 from xcp_control.store import SqliteStore
 from xcp_control.transport import server_options
@@ -63,12 +64,10 @@ class Master:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> str:
-        """Open the database, bind, serve; the bound HOST:PORT."""
+        """Bind, open the database, serve; the bound HOST:PORT. Binding comes
+        first so that a master refused its port touches no database file."""
         s = self.settings
-        await self.store.open()
-        now = self.clock()
-        self.liveness = Liveness(s.dead_after, s.grace, started_at=now)
-        self.liveness.restore(self._stored_liveness(), now)
+        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
         self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
@@ -81,11 +80,9 @@ class Master:
                                    credentials=channel_credentials)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
         self._server = self._build_server(interceptors)
-        try:
-            self.address = bind(self._server, s.listen, server_credentials)
-        except Exception:
-            await self.store.close()
-            raise
+        self.address = bind(self._server, s.listen, server_credentials)
+        await self.store.open()
+        self.liveness.restore(self._stored_liveness(), self.clock())
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
@@ -94,10 +91,7 @@ class Master:
         return self.address
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
-        hosts = []
-        for metrics in self.store.list("host_metrics"):
-            hosts.append((metrics.host, metrics.live))
-        return hosts
+        return [(m.host, m.live) for m in self.store.list("host_metrics")]
 
     def _security(self):
         """(server credentials, interceptors, channel credentials to slaves);
@@ -112,7 +106,7 @@ class Master:
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
-                                 interceptors=interceptors)
+                                 interceptors=[DecodeGuard(), *interceptors])
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
             api.HostServicer(self.pool, self.lifecycle), server)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
@@ -187,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"xcp-master: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:  # the database cannot be opened
+        print(f"xcp-master: cannot open the database {settings.db_path}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

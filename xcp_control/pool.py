@@ -3,6 +3,7 @@ declaring hosts dead. Plain logic over the store; the servicers call it."""
 
 from __future__ import annotations
 
+import bisect
 import uuid as uuid_module
 from typing import Callable
 
@@ -101,7 +102,20 @@ class Pool:
             raise XcpError("HANDLE_INVALID", **{"class": "vm"}, uuid=uuid)
         return found
 
-    def list_vms(self, host: str, power_state: int) -> list[dm.VM]:
+    def list_vms(self, host: str, power_state: int, page_size: int = 0,
+                 page_token: str = "") -> tuple[list[dm.VM], str]:
+        """The matching VMs ordered by uuid, one page of them when page_size > 0,
+        and the token of the next page ("" after the last)."""
+        validation.count("page_size", page_size, 0, validation.MAX_PAGE)
+        after = validation.optional_uuid("page_token", page_token)
+        vms = self._matching_vms(host, power_state)
+        if after:
+            vms = vms[bisect.bisect_right([vm.uuid for vm in vms], after):]
+        if page_size and len(vms) > page_size:
+            return vms[:page_size], vms[page_size - 1].uuid
+        return vms, ""
+
+    def _matching_vms(self, host: str, power_state: int) -> list[dm.VM]:
         host = validation.optional_uuid("host", host)
         power_state = validation.power_state("power_state", power_state, allow_unspecified=True)
         if host:

@@ -9,6 +9,9 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from google.protobuf.message import DecodeError
+
+from xcp_control.errors import UNDECODABLE
 from xcp_control.settings import SettingsError, parse_endpoint
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -56,3 +59,23 @@ async def add_standard_services(server: grpc.aio.Server,
 def service_name(pb2_module, service: str) -> str:
     """The full name of a service declared in a generated *_pb2 module."""
     return pb2_module.DESCRIPTOR.services_by_name[service].full_name
+
+
+def _lenient(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return UNDECODABLE
+    return parse
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Lets our servicers answer undecodable requests with INVALID_VALUE (see
+    errors.Undecodable); reflection and health keep grpcio's own handling."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/xcp.v1."):
+            return handler
+        return handler._replace(request_deserializer=_lenient(handler.request_deserializer))

@@ -29,7 +29,7 @@ from xcp_control import auth, pki, tls
 from xcp_control.errors import XcpError, rpc_method
 from xcp_control.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.hypervisor import Hypervisor, SimulatedHypervisor
-from xcp_control.serving import PortInUse, add_standard_services, bind
+from xcp_control.serving import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.settings import SettingsError, SlaveSettings
 from xcp_control.transport import server_options
 
@@ -174,7 +174,7 @@ async def _start_server(settings: SlaveSettings, hypervisor: Hypervisor,
     # contact_timeout) is cancelled here within seconds, not after a TCP timeout.
     server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES, keepalive_s=2.0,
                                                     ping_timeout_s=1.0),
-                             interceptors=interceptors)
+                             interceptors=[DecodeGuard(), *interceptors])
     pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(hypervisor), server)
     try:
         bound = bind(server, settings.listen, credentials)

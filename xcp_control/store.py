@@ -354,6 +354,11 @@ class SqliteStore(Store):
     async def commit(self, ops: Sequence[Put | Delete]) -> list[Change]:
         if not ops:
             return []
+        for op in ops:  # refuse a bad batch before planning any of it
+            if isinstance(op, Put) and type(op.obj) not in CLASS_OF_MESSAGE:
+                raise TypeError(f"the store holds no {type(op.obj).__name__} objects")
+            if isinstance(op, Delete) and op.class_name not in CLASSES:
+                raise TypeError(f"the store holds no class {op.class_name!r}")
         await self._slots.acquire()
         try:
             changes = [self._plan(op) for op in ops]

@@ -11,6 +11,7 @@ from xcp.v1 import datamodel_pb2
 MAX_NAME = 255
 MAX_MEMORY = 1 << 50  # 1 PiB: larger is a typo, not a VM
 MAX_VCPUS = 1024
+MAX_PAGE = 100_000
 MAX_CONFIG_ENTRIES = 64
 MAX_CONFIG_KEY = 255
 MAX_CONFIG_VALUE = 4096

@@ -35,18 +35,24 @@ class GetVMRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
-    __slots__ = ("host", "power_state")
+    __slots__ = ("host", "power_state", "page_size", "page_token")
     HOST_FIELD_NUMBER: _ClassVar[int]
     POWER_STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     host: str
     power_state: _datamodel_pb2.PowerState
-    def __init__(self, host: _Optional[str] = ..., power_state: _Optional[_Union[_datamodel_pb2.PowerState, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, host: _Optional[str] = ..., power_state: _Optional[_Union[_datamodel_pb2.PowerState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVMsResponse(_message.Message):
-    __slots__ = ("vms",)
+    __slots__ = ("vms", "next_page_token")
     VMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[_datamodel_pb2.VM]
-    def __init__(self, vms: _Optional[_Iterable[_Union[_datamodel_pb2.VM, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, vms: _Optional[_Iterable[_Union[_datamodel_pb2.VM, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DestroyVMRequest(_message.Message):
     __slots__ = ("uuid",)

@@ -30,6 +30,7 @@ DEFAULT_MASTER = "127.0.0.1:7000"
 READ_TIMEOUT = 30.0  # seconds: reads and record changes
 LIFECYCLE_TIMEOUT = 120.0  # seconds: forwarded operations (a clean shutdown may take 60 s)
 WATCH_CLASSES = ("host", "host_metrics", "vm")
+LIST_PAGE = 5_000  # VMs per ListVMs call (about 0.5 MB)
 POWER_STATES = [n for n in dm.PowerState.keys() if n != "POWER_STATE_UNSPECIFIED"]
 
 
@@ -155,8 +156,15 @@ def cmd_vm_get(c: Context) -> None:
 
 def cmd_vm_list(c: Context) -> None:
     host = c.conn.host_uuid(c.args.host) if c.args.host else ""
-    response = c.conn.call(c.conn.vms.ListVMs, vs.ListVMsRequest(
-        host=host, power_state=c.args.power_state or dm.POWER_STATE_UNSPECIFIED))
+    response = vs.ListVMsResponse()
+    request = vs.ListVMsRequest(host=host, page_size=LIST_PAGE,
+                                power_state=c.args.power_state or dm.POWER_STATE_UNSPECIFIED)
+    while True:  # page by page: a large pool's list exceeds one message
+        page = c.conn.call(c.conn.vms.ListVMs, request)
+        response.vms.extend(page.vms)
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
     if c.out.json_mode:
         c.out.json(response)
     else:

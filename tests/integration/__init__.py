@@ -1,0 +1,1 @@
+"""Tests that run xcp processes on loopback."""
