@@ -227,14 +227,6 @@ def cmd_vm_unpause(c: Context) -> None:
     _vm_result(c, vm)
 
 
-class _Stop(BaseException):
-    """SIGTERM while watching: stop as on Ctrl-C."""
-
-
-def _raise_stop(signum, frame) -> None:
-    raise _Stop()
-
-
 def cmd_watch(c: Context) -> None:
     """Stream events, one line each, until Ctrl-C, SIGTERM, --count or --timeout."""
     classes = [name for group in (c.args.classes or []) for name in group]
@@ -245,7 +237,15 @@ def cmd_watch(c: Context) -> None:
     # No deadline unless --timeout was given: then it is how long to watch.
     deadline = c.args.timeout
     call = c.conn.events.Watch(request, timeout=deadline, metadata=c.conn.metadata)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    stopped = []
+
+    def stop(signum, frame) -> None:
+        # Cancel the call rather than raise mid-read: an exception thrown into
+        # grpc's waiting thread machinery can leave its locks inconsistent.
+        stopped.append(signum)
+        call.cancel()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     shown = 0
     try:
         for event in call:
@@ -258,15 +258,15 @@ def cmd_watch(c: Context) -> None:
             shown += 1
             if c.args.count and shown >= c.args.count:
                 break
-    except (KeyboardInterrupt, _Stop):
-        pass
     except grpc.RpcError as exc:
-        if not (deadline and c.conn.connected
-                and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+        finished = deadline and c.conn.connected and \
+            exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if not (stopped or finished):
             raise c.conn.error(exc, deadline) from None
     finally:
         call.cancel()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- parser --------------------------------------------------------------------------

@@ -7,15 +7,15 @@ from __future__ import annotations
 import argparse
 
 from xcp_control import pki
-from xcp_control.cli.client import API_ERROR, CliError
+from xcp_control.cli.client import API_ERROR, USAGE, CliError, looks_like_uuid
 
 DEFAULT_CLIENTS = (("admin", "pool-admin"), ("viewer", "read-only"), ("client", "client"))
 
 
 def _tls(args: argparse.Namespace) -> pki.TlsDir:
     if not args.tls_dir:
-        raise CliError(API_ERROR, "error: name the certificate directory with --tls-dir "
-                                  "(or XCP_TLS_DIR)")
+        raise CliError(USAGE, "error: name the certificate directory with --tls-dir "
+                              "(or XCP_TLS_DIR)")
     return pki.TlsDir(args.tls_dir)
 
 
@@ -41,7 +41,10 @@ def cert_issue(args: argparse.Namespace) -> None:
     if not tls.ca_key.exists():
         raise CliError(API_ERROR, f"error: no pool CA in {tls.path}: run xcp pool-init first")
     if args.kind == "host":
-        paths = tls.host(args.name)
+        if not looks_like_uuid(args.name):
+            raise CliError(USAGE, f"error: a host certificate is named by the host's uuid, "
+                                  f"got {args.name!r}")
+        paths = tls.host(args.name.lower())
     elif args.kind == "master":
         paths = tls.master()
     else:
@@ -52,6 +55,8 @@ def cert_issue(args: argparse.Namespace) -> None:
 
 def token_issue(args: argparse.Namespace) -> None:
     tls = _tls(args)
+    if args.ttl is not None and args.ttl <= 0:
+        raise CliError(USAGE, f"error: --ttl must be more than 0 seconds, got {args.ttl:g}")
     print(pki.issue_token(tls, args.name, args.role, args.ttl))
 
 

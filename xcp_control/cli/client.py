@@ -63,7 +63,7 @@ def looks_like_uuid(text: str) -> bool:
 
 
 def classify(exc: grpc.RpcError, master: str, connected: bool,
-             timeout: float | None) -> CliError:
+             timeout: float | None, secure: bool = True) -> CliError:
     """The CliError for a failed call.
 
     A catalogued error (ErrorInfo from the master) prints as
@@ -73,6 +73,10 @@ def classify(exc: grpc.RpcError, master: str, connected: bool,
     that expired before a connection was ever made; a deadline that expired
     while connected is the master being slow (exit 1)."""
     info = error_info(exc)
+    # A plaintext client that a TLS master hangs up on sees "socket closed".
+    hint = ""
+    if not secure and _short(exc.details() or "") == "socket closed":
+        hint = " (a secure pool? give --tls-dir or set XCP_TLS_DIR)"
     if info is not None:
         code = HOST_UNREACHABLE_EXIT if info.reason in HOST_UNREACHABLE else API_ERROR
         return CliError(code, error_line(info.reason, dict(info.metadata)))
@@ -81,7 +85,7 @@ def classify(exc: grpc.RpcError, master: str, connected: bool,
     if code == grpc.StatusCode.UNAVAILABLE:
         what = "lost the connection to" if connected else "cannot reach"
         return CliError(MASTER_UNREACHABLE,
-                        f"error: {what} the master at {master}: {_short(details)}")
+                        f"error: {what} the master at {master}: {_short(details)}{hint}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         if not connected:
             return CliError(MASTER_UNREACHABLE,
@@ -120,6 +124,7 @@ class Connection:
         self._spinner = spinner
         self._ready = threading.Event()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.secure = credentials is not None
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
                    ("grpc.enable_retries", 0)]
         if credentials is None:
@@ -153,7 +158,7 @@ class Connection:
 
     def error(self, exc: grpc.RpcError, timeout: float | None = None) -> CliError:
         return classify(exc, self.address, self.connected,
-                        self.timeout if timeout is None else timeout)
+                        self.timeout if timeout is None else timeout, self.secure)
 
     def call(self, method, request, progress: str | None = None,
              timeout: float | None = None):
