@@ -141,10 +141,10 @@ def test_list_vms(s, host, power_state):
 def test_watch(s, wanted, token):
     stream = s.events.Watch(ev.WatchRequest(classes=wanted, token=token), timeout=T)
     try:
-        for event in stream:  # a valid request: snapshot or replay, then SYNC
-            if event.op == ev.SYNC:
+        for message in stream:  # a valid request: snapshot or replay, then SYNC
+            if message.op == ev.SYNC:
                 break
-            assert event.class_name in (set(wanted) or {"vm", "host", "host_metrics"})
+            assert message.class_name in (set(wanted) or {"vm", "host", "host_metrics"})
         else:
             pytest.fail("the stream ended without SYNC or an error")
     except grpc.RpcError as exc:

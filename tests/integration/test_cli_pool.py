@@ -12,7 +12,6 @@ are plaintext, as with --insecure."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -334,7 +333,7 @@ def test_killed_slave_gives_host_offline_exit_3(tmp_path):
         names = [h["name_label"] for h in
                  json.loads(ok(pool.xcp("host-list", "--json")).stdout)["hosts"]]
         assert names == ["host2"]
-        failed(pool.xcp("host-get", doomed.uuid), 1, f"error: HANDLE_INVALID class=host")
+        failed(pool.xcp("host-get", doomed.uuid), 1, "error: HANDLE_INVALID class=host")
 
 
 def test_cannot_contact_a_frozen_slave_is_exit_3(tmp_path):
