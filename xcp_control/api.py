@@ -18,6 +18,7 @@ from xcp_control.errors import rpc_method
 from xcp_control.events import EventHub, Sync
 from xcp_control.heartbeats import HeartbeatSessions
 from xcp_control.lifecycle import Lifecycle
+from xcp_control.listing import HostListing
 from xcp_control.pool import Pool
 from xcp_control.store import Change
 from xcp.v1 import (
@@ -39,15 +40,14 @@ def budget(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class HostServicer(host_service_pb2_grpc.HostServiceServicer):
-    def __init__(self, pool: Pool, lifecycle: Lifecycle) -> None:
+    def __init__(self, pool: Pool, lifecycle: Lifecycle, listing: HostListing) -> None:
         self._pool = pool
         self._lifecycle = lifecycle
+        self._listing = listing
 
     @rpc_method
     async def ListHosts(self, request, context):
-        pairs = self._pool.list_hosts()
-        return hs.ListHostsResponse(hosts=[h for h, _ in pairs],
-                                    host_metrics=[m for _, m in pairs])
+        return self._listing.response()
 
     @rpc_method
     async def GetHost(self, request, context):

@@ -22,6 +22,7 @@ from xcp_control.events import EventHub
 from xcp_control.forwarding import Forwarder
 from xcp_control.heartbeats import HeartbeatSessions
 from xcp_control.lifecycle import Lifecycle
+from xcp_control.listing import HostListing
 from xcp_control.liveness import Liveness
 from xcp_control.locks import OperationLocks
 from xcp_control.metrics import MetricsMirror
@@ -73,6 +74,7 @@ class Master:
         self.hub = EventHub(self.store, s.watch_queue_size)
         self.locks = OperationLocks()
         self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
+        self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
                                           s.heartbeat_interval, self.clock)
         server_credentials, interceptors, channel_credentials = self._security()
@@ -108,7 +110,7 @@ class Master:
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
                                  interceptors=[DecodeGuard(), *interceptors])
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
-            api.HostServicer(self.pool, self.lifecycle), server)
+            api.HostServicer(self.pool, self.lifecycle, self.listing), server)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
             api.VMServicer(self.pool, self.lifecycle), server)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(

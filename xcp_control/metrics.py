@@ -71,12 +71,16 @@ class MetricsMirror:
     def view(self, metrics: datamodel_pb2.HostMetrics) -> datamodel_pb2.HostMetrics:
         """The stored object with what memory knows newer: live and last beat."""
         out = copy(metrics)
-        out.live = self._liveness.is_live(metrics.host)
+        self.overlay(out)
+        return out
+
+    def overlay(self, metrics: datamodel_pb2.HostMetrics) -> None:
+        """Write what memory knows newer than the store into `metrics`, in place."""
+        metrics.live = self._liveness.is_live(metrics.host)
         seen = self._reported.get(metrics.host)
         if seen is not None:
-            out.last_updated.FromNanoseconds(int(seen.wall * 1e9))
-            out.memory_total, out.memory_free = seen.memory_total, seen.memory_free
-        return out
+            metrics.last_updated.FromNanoseconds(int(seen.wall * 1e9))
+            metrics.memory_total, metrics.memory_free = seen.memory_total, seen.memory_free
 
     def _on_flip(self, host: str, live: bool) -> None:
         self._mark(host)

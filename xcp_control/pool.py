@@ -58,10 +58,6 @@ class Pool:
             raise XcpError("HANDLE_INVALID", **{"class": "host"}, uuid=uuid)
         return found
 
-    def list_hosts(self) -> list[tuple[dm.Host, dm.HostMetrics]]:
-        hosts = sorted(self.store.list("host"), key=lambda h: (h.name_label, h.uuid))
-        return [(h, self.metrics_of(h)) for h in hosts]
-
     def metrics_of(self, host: dm.Host) -> dm.HostMetrics:
         stored = self.store.get("host_metrics", host.metrics)
         return self.mirror.view(stored or dm.HostMetrics(uuid=host.metrics, host=host.uuid))
