@@ -154,12 +154,6 @@ def _check_decoded(request: object) -> None:
         raise XcpError("INVALID_VALUE", field="request", value="undecodable message bytes")
 
 
-async def _decoded(requests):
-    async for request in requests:
-        _check_decoded(request)
-        yield request
-
-
 def _as_xcp_error(exc: Exception, method: str) -> XcpError:
     if isinstance(exc, XcpError):
         return exc
@@ -176,10 +170,7 @@ def rpc_method(func: Callable) -> Callable:
         @functools.wraps(func)
         async def stream_wrapper(self, request, context):
             try:
-                if hasattr(request, "__aiter__"):
-                    request = _decoded(request)
-                else:
-                    _check_decoded(request)
+                _check_decoded(request)
                 async for item in func(self, request, context):
                     yield item
             except (grpc.aio.AbortError, GeneratorExit):

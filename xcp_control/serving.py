@@ -76,6 +76,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith("/xcp.v1."):
+        # Streamed requests (heartbeats) keep grpcio's handling: checking each
+        # message would cost every beat, and only pool members send them.
+        if (handler is None or handler.request_streaming
+                or not details.method.startswith("/xcp.v1.")):
             return handler
         return handler._replace(request_deserializer=_lenient(handler.request_deserializer))

@@ -43,6 +43,10 @@ def server_options(max_message_bytes: int, keepalive_s: float = 10.0,
         ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        # BDP probing pings on received data to grow the receive window; what
+        # clients send us is small, and with thousands of heartbeat streams the
+        # probes cost a third of the master's CPU (BENCHMARKS.md).
+        ("grpc.http2.bdp_probe", 0),
         ("grpc.max_connection_idle_ms", _ms(IDLE_CONNECTION_S)),
     ]
 
