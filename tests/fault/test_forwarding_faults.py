@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -23,7 +23,6 @@ import pytest
 from tests.fault.fault_helpers import (
     CALL_TIMEOUT, Client, Lab, Outcome, Pending, SlaveProcess, settle, state_name,
     wait_until)
-from tests.support.netns import TestHost, require_test_hosts
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs
@@ -35,26 +34,6 @@ LONG_DEAD = 10.0  # dead_after when the forwarding path, not liveness, must answ
 DEAD = 3.0  # the default dead_after
 FAST = 0.5  # HOST_OFFLINE of a host known down: answered without the network
 MATRIX = dict(heartbeat_interval=1.0, dead_after=LONG_DEAD, contact_timeout=CONTACT)
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("forwarding"))
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
-@pytest.fixture(scope="module")
-def netns_lab(tmp_path_factory) -> Iterator[Lab]:
-    require_test_hosts()
-    with TestHost() as host:
-        lab = Lab(tmp_path_factory.mktemp("forwarding-netns"), host)
-        try:
-            yield lab
-        finally:
-            lab.close()
 
 
 def lab_for(fault: str, request: pytest.FixtureRequest) -> Lab:

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fault.fault_helpers import Case, Lab, wait_until
-from tests.support.netns import TestHost, require_test_hosts
 from xcp.v1 import event_service_pb2 as ev
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,26 +24,6 @@ pytestmark = pytest.mark.timeout(120)
 HB = 1.0  # heartbeat interval
 DEAD = 3.0  # dead_after
 SETTINGS = dict(heartbeat_interval=HB, dead_after=DEAD, contact_timeout=2.0)
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("liveness"))
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
-@pytest.fixture(scope="module")
-def netns_lab(tmp_path_factory) -> Iterator[Lab]:
-    require_test_hosts()
-    with TestHost() as host:
-        lab = Lab(tmp_path_factory.mktemp("liveness-netns"), host)
-        try:
-            yield lab
-        finally:
-            lab.close()
 
 
 @pytest.fixture
