@@ -143,6 +143,3 @@ class HeartbeatSessions:
     def request_domains(self, host: str) -> None:
         """Make the host send its full domain list with its next beat."""
         self._digests.pop(host, None)
-
-    def forget(self, host: str) -> None:
-        self._digests.pop(host, None)
