@@ -152,24 +152,8 @@ class Watcher(common.LivenessWatcher):
     mode: str = "plain"
     pki_: Pki | None = None
 
-    async def start(self) -> "Watcher":
-        from xcp.v1 import event_service_pb2 as ev, event_service_pb2_grpc as ev_grpc
-
-        self._ev = ev
-        self._channel = api_channel(self.address, self.mode, self.pki_)
-        self._call = ev_grpc.EventServiceStub(self._channel).Watch(
-            ev.WatchRequest(classes=["host_metrics"]))
-        self._changed = asyncio.Event()
-        self._task = asyncio.ensure_future(self._follow())
-        end = time.monotonic() + 30
-        while not self.synced:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("watch ended before its snapshot")
-            if time.monotonic() > end:
-                raise TimeoutError("no Watch snapshot within 30 s")
-            await asyncio.sleep(0.01)
-        return self
+    def _open_channel(self) -> grpc.aio.Channel:
+        return api_channel(self.address, self.mode, self.pki_)
 
 
 class Api:

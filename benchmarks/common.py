@@ -413,11 +413,15 @@ class LivenessWatcher:
     flips: list[Flip] = field(default_factory=list)
     synced: bool = False
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        """The channel the watch runs on (a subclass may make it TLS)."""
+        return aio_channel(self.address)
+
     async def start(self) -> "LivenessWatcher":
         from xcp.v1 import event_service_pb2 as ev, event_service_pb2_grpc as ev_grpc
 
         self._ev = ev
-        self._channel = aio_channel(self.address)
+        self._channel = self._open_channel()
         self._call = ev_grpc.EventServiceStub(self._channel).Watch(
             ev.WatchRequest(classes=["host_metrics"]))
         self._changed = asyncio.Event()
