@@ -112,3 +112,29 @@ def test_an_exhausted_client_budget_times_out_before_any_traffic():
         assert err.value.reason == "OPERATION_TIMED_OUT"
         assert forwarder._peers == {}
     asyncio.run(scenario())
+
+
+def test_a_host_declared_down_gets_a_fresh_channel_when_it_returns(monkeypatch):
+    """After a partition the old connection can still look READY while its packets
+    wait out TCP's retransmission backoff: a returning host must not inherit it."""
+    async def answer(self, peer, method, request, deadline):
+        return sl.Domain()
+
+    monkeypatch.setattr(Forwarder, "_invoke", answer)
+
+    async def pause(forwarder):
+        await forwarder.call(HOST, "PauseDomain", sl.PauseDomainRequest(), operation="pause",
+                             timeout=1.0, budget=None)
+
+    async def scenario():
+        forwarder, liveness = make_forwarder()
+        liveness.beat(HOST, 1.0)
+        await pause(forwarder)
+        before = forwarder._peers[HOST].channel
+        liveness.mark_down(HOST)
+        assert HOST not in forwarder._peers
+        liveness.beat(HOST, 2.0)
+        await pause(forwarder)
+        assert forwarder._peers[HOST].channel is not before
+        await forwarder.close()
+    asyncio.run(scenario())

@@ -14,7 +14,8 @@ minutes. Here:
 - every call has a deadline: the operation's timeout, or less when the
   client's own deadline is nearer (gRPC propagates what remains to the slave);
 - when liveness declares a host not live, every call in flight to it fails at
-  once with HOST_OFFLINE;
+  once with HOST_OFFLINE and its channel is dropped, so that the host's return
+  is met with a fresh connection;
 - transport failures become catalogued errors in one place, `translate`, by one
   table; catalogued errors from the slave pass through unchanged.
 """
@@ -202,12 +203,17 @@ class Forwarder:
         for flight in self._in_flight.get(host, ()):
             flight.offline = True
             flight.task.cancel()
+        # The connection of a host declared down is not trusted when it returns:
+        # after a partition it can still look READY while its packets wait out
+        # TCP's retransmission backoff, so the first call would stall for the
+        # whole contact budget. The next call opens a fresh one.
+        self.forget(host)
 
     def in_flight(self, host: str) -> int:
         return len(self._in_flight.get(host, ()))
 
     def forget(self, host: str) -> None:
-        """The host left the pool: close its channel."""
+        """Close the host's channel: it left the pool or was declared down."""
         peer = self._peers.pop(host, None)
         if peer is not None:
             self._retire(peer)

@@ -70,6 +70,10 @@ def forwarding_channel_options(contact_timeout: float) -> Options:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", _ms(contact_timeout)),
         ("grpc.enable_retries", 0),
+        # The channel owns its connection: channels with equal options to one
+        # target would otherwise share a subchannel (GRPC-FACTS.md), and closing a
+        # host's channel (declared down) would not drop its suspect connection.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
