@@ -4,7 +4,8 @@
 # tests/integration/test_readme.py checks that the commands in the README's
 # ```sh blocks and the commands below are the same, then runs this script
 # against a pool started with ./scripts/pool (its own port and state dir:
-# the test rewrites 127.0.0.1:7000, $PWD/.xcp/ and .xcp/ to them).
+# the test rewrites 127.0.0.1:7000, the token endpoint 127.0.0.1:7001,
+# $PWD/.xcp/ and .xcp/ to them).
 #
 # By hand: ./scripts/pool in one terminal (secure: mutual TLS with the
 # certificates it keeps in .xcp/tls); in another, from the repository root,
@@ -53,3 +54,7 @@ xcp --identity client --auth-token "$TOKEN" vm-list
 xcp --identity client --auth-token "$TOKEN" vm-start db1 || echo "exit code $?"
 xcp --identity client vm-list || echo "exit code $?"
 XCP_TLS_DIR= xcp host-list || echo "exit code $?"
+xcp --master 127.0.0.1:7001 --ca-cert .xcp/tls/ca.pem --auth-token "$TOKEN" vm-list
+grpcurl -cacert .xcp/tls/ca.pem -H "authorization: Bearer $TOKEN" -d '{"power_state": "HALTED"}' 127.0.0.1:7001 xcp.v1.VMService/ListVMs
+grpcurl -cacert .xcp/tls/ca.pem 127.0.0.1:7001 grpc.health.v1.Health/Check
+xcp --master 127.0.0.1:7001 --ca-cert .xcp/tls/ca.pem vm-list || echo "exit code $?"

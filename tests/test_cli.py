@@ -572,7 +572,7 @@ class Recording(FakeConnection):
 def recording(monkeypatch):
     Recording.made = []
     monkeypatch.setattr(app, "Connection", Recording)
-    for name in ("XCP_MASTER", "XCP_TLS_DIR", "XCP_IDENTITY", "XCP_TOKEN"):
+    for name in ("XCP_MASTER", "XCP_TLS_DIR", "XCP_IDENTITY", "XCP_TOKEN", "XCP_CA_CERT"):
         monkeypatch.delenv(name, raising=False)
     return Recording.made
 
@@ -591,6 +591,22 @@ def test_main_mutual_tls_with_a_tls_dir_and_token(recording, tmp_path, monkeypat
     made = recording[-1]
     assert isinstance(made.credentials, grpc.ChannelCredentials)
     assert made.token == "xcp_from_env"
+
+
+def test_ca_cert_alone_is_tls_for_the_token_endpoint(recording, tmp_path, monkeypatch, capsys):
+    """--ca-cert wins over --tls-dir: no client certificate is read, the token names
+    the caller; an unreadable CA file is a usage error that never connects."""
+    tls = tmp_path / "tls"
+    assert app.main(["pool-init", "--tls-dir", str(tls)]) == 0
+    monkeypatch.setenv("XCP_CA_CERT", str(tls / "ca.pem"))
+    argv = ["--tls-dir", str(tmp_path / "empty"), "--auth-token", "xcp_t", "host-list"]
+    assert app.main(argv) == 0
+    assert isinstance(recording[-1].credentials, grpc.ChannelCredentials)
+    assert recording[-1].token == "xcp_t"
+    capsys.readouterr()
+    recording.clear()
+    assert app.main(["--ca-cert", str(tmp_path / "missing.pem"), "host-list"]) == 2
+    assert "error: cannot read --ca-cert" in capsys.readouterr().err and not recording
 
 
 def test_missing_identity_is_a_usage_error(recording, tmp_path, capsys):

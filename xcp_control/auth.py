@@ -1,8 +1,10 @@
 """Who is calling, and may they (xapi's RBAC, with two client roles).
 
 With TLS on, every connection is mutual TLS with a certificate of the pool CA
-(a plaintext or foreign-CA peer never gets past the handshake). Then each call
-is admitted by `AuthInterceptor`:
+(a plaintext or foreign-CA peer never gets past the handshake), except on the
+master's token endpoint, where the TLS asks for no client certificate and so
+only a bearer token can name the caller (tls.py). Then each call is admitted
+by `AuthInterceptor`:
 
 - reflection and health are open to every connection, so grpcurl and load
   balancers work;

@@ -61,6 +61,7 @@ class Master:
         self.clock = clock
         self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
+        self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -83,6 +84,7 @@ class Master:
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
         self._server = self._build_server(interceptors)
         self.address = bind(self._server, s.listen, server_credentials)
+        self.token_address = self._bind_token_endpoint()
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
         await add_standard_services(self._server, SERVICES)
@@ -90,6 +92,8 @@ class Master:
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics")]
         log.info("master listening on %s, database %s", self.address, s.db_path)
+        if self.token_address:
+            log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
@@ -105,6 +109,17 @@ class Master:
         return (tls.server_credentials(tlsdir, tlsdir.master()),
                 [auth.AuthInterceptor(authoriser)],
                 tls.channel_credentials(tlsdir, tlsdir.master()))
+
+    def _bind_token_endpoint(self) -> str:
+        """Bind the token endpoint, if asked for: the same services and the same
+        interceptor, but the TLS asks for no client certificate, so a caller
+        there is whoever its bearer token says (grpcio cannot make a client
+        certificate optional on one port)."""
+        if not self.settings.token_listen:
+            return ""
+        tlsdir = pki.TlsDir(self.settings.tls_dir)
+        return bind(self._server, self.settings.token_listen,
+                    tls.token_server_credentials(tlsdir, tlsdir.master()))
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
@@ -154,18 +169,24 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
                    help="seconds hosts keep their stored state after start (default: dead-after)")
     p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
                    help="pool certificates (xcp pool-init): mutual TLS only (default: plaintext)")
+    p.add_argument("--token-listen", default=d.token_listen, metavar="HOST:PORT",
+                   help="also serve here with TLS but no client certificate: callers send a "
+                        "bearer token (xcp token-issue); needs --tls-dir (default: none)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
-                          startup_grace=a.startup_grace, tls_dir=a.tls_dir)
+                          startup_grace=a.startup_grace, tls_dir=a.tls_dir,
+                          token_listen=a.token_listen)
 
 
 async def run(settings: MasterSettings) -> None:
     master = Master(settings)
     address = await master.start()
+    if master.token_address:  # first: "listening on" tells readers the master is up
+        print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
     print(f"xcp-master: listening on {address}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

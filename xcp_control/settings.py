@@ -56,6 +56,9 @@ class MasterSettings:
     change_log_size: int = 100_000  # changes kept for Watch resume by token
     max_message_bytes: int = 4 * 1024 * 1024  # largest request the master accepts
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
+    # A second HOST:PORT, TLS without client certificates: callers name themselves
+    # with a bearer token, load balancers check health with nothing; empty = none.
+    token_listen: str = ""
     timeouts: OperationTimeouts = field(default_factory=OperationTimeouts)  # per-operation budgets
 
     @property
@@ -64,6 +67,11 @@ class MasterSettings:
 
     def validate(self) -> "MasterSettings":
         parse_endpoint(self.listen, "--listen")
+        if self.token_listen:
+            parse_endpoint(self.token_listen, "--token-listen")
+            if not self.tls_dir:
+                raise SettingsError("--token-listen needs --tls-dir: it is a TLS endpoint "
+                                    "(without TLS every caller is trusted anyway)")
         for name in ("heartbeat_interval", "dead_after", "contact_timeout", "reaper_tick",
                      "metrics_write_interval"):
             _positive(name, getattr(self, name))

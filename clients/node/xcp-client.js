@@ -23,6 +23,9 @@
 // default admin), checks that the master's certificate names `master.xcp`
 // (whatever address it dials), and sends --auth-token (or $XCP_TOKEN) as
 // `authorization: Bearer <token>` when given. No TLS directory: plaintext.
+// --ca-cert FILE (or $XCP_CA_CERT) instead: TLS checked against that CA,
+// presenting no certificate, for the master's token endpoint, where the
+// bearer token alone names the caller.
 //
 // Results are JSON on stdout (proto field names). Errors: one line on stderr,
 // `error: HOST_OFFLINE host=<uuid>`, and the exit codes of the `xcp` CLI:
@@ -45,7 +48,7 @@ const MASTER_NAME = 'master.xcp'; // the name in the master's certificate (xcp_c
 
 const USAGE = `usage: node xcp-client.js [--master HOST:PORT] [--timeout S] [--protos DIR]
                          [--google-protos DIR] [--tls-dir DIR] [--identity NAME]
-                         [--auth-token TOKEN] COMMAND [ARGS]
+                         [--auth-token TOKEN] [--ca-cert FILE] COMMAND [ARGS]
 commands:
   list-hosts                              every host with its metrics
   get-vm VM                               one VM
@@ -55,7 +58,8 @@ commands:
   disable-host HOST | enable-host HOST
 --master defaults to $XCP_MASTER, else 127.0.0.1:7000; --timeout to 30 s.
 --tls-dir defaults to $XCP_TLS_DIR (none: plaintext); --identity to $XCP_IDENTITY,
-else admin (DIR/client-NAME.pem); --auth-token to $XCP_TOKEN.`;
+else admin (DIR/client-NAME.pem); --auth-token to $XCP_TOKEN; --ca-cert (TLS
+with no client certificate: the token endpoint; overrides --tls-dir) to $XCP_CA_CERT.`;
 
 class UsageError extends Error {}
 class NameError extends Error {}
@@ -69,6 +73,7 @@ function parseArgs(argv) {
     tlsDir: process.env.XCP_TLS_DIR || '',
     identity: process.env.XCP_IDENTITY || 'admin',
     authToken: process.env.XCP_TOKEN || '',
+    caCert: process.env.XCP_CA_CERT || '',
     memory: String(1024 ** 3),
     vcpus: '1',
     host: '',
@@ -79,7 +84,7 @@ function parseArgs(argv) {
   const valued = { '--master': 'master', '--timeout': 'timeout', '--protos': 'protos',
     '--google-protos': 'googleProtos', '--memory': 'memory', '--vcpus': 'vcpus',
     '--host': 'host', '--tls-dir': 'tlsDir', '--identity': 'identity',
-    '--auth-token': 'authToken' };
+    '--auth-token': 'authToken', '--ca-cert': 'caCert' };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '-h' || arg === '--help') {
@@ -121,10 +126,26 @@ function loadServices(protosDir) {
 
 // -- the connection: mutual TLS with the pool's certificates, or plaintext --------
 
+// Verify the master by the name in its certificate, whatever address we dial.
+const VERIFY_MASTER = { 'grpc.ssl_target_name_override': MASTER_NAME,
+  'grpc.default_authority': MASTER_NAME };
+
+function readFile(file) {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`cannot read ${file}: ${e.message}`);
+  }
+}
+
 // {credentials, options, metadata} for the channels to the master.
 function connection(opts) {
   const metadata = new grpc.Metadata();
   if (opts.authToken) metadata.set('authorization', `Bearer ${opts.authToken}`);
+  if (opts.caCert) {
+    return { credentials: grpc.credentials.createSsl(readFile(opts.caCert)),
+      options: VERIFY_MASTER, metadata };
+  }
   if (!opts.tlsDir) {
     return { credentials: grpc.credentials.createInsecure(), options: {}, metadata };
   }
@@ -141,18 +162,9 @@ function connection(opts) {
     throw new UsageError(`no certificate for identity '${opts.identity}' in ${opts.tlsDir} ` +
       '(see xcp pool-init, xcp cert-issue)');
   }
-  const read = (file) => {
-    try {
-      return fs.readFileSync(file);
-    } catch (e) {
-      throw new UsageError(`cannot read ${file}: ${e.message}`);
-    }
-  };
-  const credentials = grpc.credentials.createSsl(read(files.ca), read(files.key), read(files.cert));
-  // Verify the master by the name in its certificate, whatever address we dial.
-  const options = { 'grpc.ssl_target_name_override': MASTER_NAME,
-    'grpc.default_authority': MASTER_NAME };
-  return { credentials, options, metadata };
+  const credentials = grpc.credentials.createSsl(readFile(files.ca), readFile(files.key),
+    readFile(files.cert));
+  return { credentials, options: VERIFY_MASTER, metadata };
 }
 
 // -- google.rpc.Status / ErrorInfo, from googleapis-common-protos ----------------

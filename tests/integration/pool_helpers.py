@@ -8,7 +8,7 @@ certificates in `root/tls` (`make_tls_dir`), every process on `--tls-dir`.
 `xcp()` runs the CLI as a subprocess against it. Every process started here
 is also killed at interpreter exit, so a failing test never leaves one behind.
 
-The caller's XCP_TLS_DIR, XCP_IDENTITY and XCP_TOKEN never leak into the
+The caller's XCP_TLS_DIR, XCP_IDENTITY, XCP_TOKEN and XCP_CA_CERT never leak into the
 processes started here (a developer who followed the README has them set):
 `client_env()` builds the environment of every client.
 """
@@ -41,7 +41,7 @@ XCP_BIN = BIN_DIR / "xcp"
 SLAVE_BIN = BIN_DIR / "xcp-slave"
 SLAVE_LINE = re.compile(r"^xcp-slave: host (?P<uuid>[0-9a-f-]{36}) listening on (?P<addr>\S+)$")
 START_TIMEOUT = 20.0
-CLIENT_VARS = ("XCP_MASTER", "XCP_TLS_DIR", "XCP_IDENTITY", "XCP_TOKEN")
+CLIENT_VARS = ("XCP_MASTER", "XCP_TLS_DIR", "XCP_IDENTITY", "XCP_TOKEN", "XCP_CA_CERT")
 # The identities `xcp pool-init` creates: (name, kind).
 CLIENTS = (("admin", "pool-admin"), ("viewer", "read-only"), ("client", "client"))
 
@@ -391,6 +391,7 @@ BANNER_END = "Ctrl-C stops the pool."
 BANNER_HOST = re.compile(r"^\s+(?P<name>host\d+)\s+(?P<addr>127\.0\.0\.1:\d+)\s+pid (?P<pid>\d+)"
                          r"\s+uuid (?P<uuid>[0-9a-f-]{36})$")
 BANNER_MASTER = re.compile(r"^\s+master\s+(?P<addr>127\.0\.0\.1:\d+)\s+pid (?P<pid>\d+)")
+BANNER_TOKENS = re.compile(r"^\s+tokens\s+(?P<addr>127\.0\.0\.1:\d+)\s")
 
 
 class PoolScript:
@@ -401,12 +402,16 @@ class PoolScript:
     def __init__(self, state_dir: Path, port: int = 0, slaves: int = 3,
                  extra: Sequence[str] = ()) -> None:
         self.state_dir = Path(state_dir)
-        self.argv = [str(POOL_SCRIPT), "--port", str(port), "--slaves", str(slaves),
-                     "--state-dir", str(self.state_dir), *extra]
         self.secure = "--insecure" not in extra
+        # The token endpoint on any free port: port + 1, the script's default,
+        # may be taken on a busy machine.
+        tokens = ["--token-port", "0"] if self.secure and "--token-port" not in extra else []
+        self.argv = [str(POOL_SCRIPT), "--port", str(port), "--slaves", str(slaves),
+                     "--state-dir", str(self.state_dir), *tokens, *extra]
         self.proc: subprocess.Popen | None = None
         self.reader: LineReader | None = None
         self.address = ""
+        self.token_address = ""  # the master's token endpoint (secure pools)
         self.master_pid = 0
         self.hosts: dict[str, dict[str, str]] = {}  # name -> uuid, addr, pid
 
@@ -434,6 +439,8 @@ class PoolScript:
                 raise AssertionError("scripts/pool ended before it was up:\n" + self.text())
             if (m := BANNER_MASTER.match(line)):
                 self.address, self.master_pid = m["addr"], int(m["pid"])
+            elif (m := BANNER_TOKENS.match(line)):
+                self.token_address = m["addr"]
             elif (m := BANNER_HOST.match(line)):
                 self.hosts[m["name"]] = {"uuid": m["uuid"], "addr": m["addr"], "pid": m["pid"]}
             elif line.strip() == BANNER_END:

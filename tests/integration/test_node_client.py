@@ -155,3 +155,23 @@ def test_node_client_identities_tokens_and_refusals(node, tmp_path):
         assert f"no certificate for identity 'nobody' in {tls_dir}" in result.stderr
         result = run(node, pool.address, "--tls-dir", str(tmp_path / "none"), "list-hosts")
         assert result.returncode == 2 and "no pool CA" in result.stderr
+
+
+def test_node_client_with_a_token_and_the_ca_alone(node, tmp_path):
+    """The master's token endpoint: TLS checked against the pool CA, no client
+    certificate, the bearer token names the caller."""
+    with RunningPool(tmp_path, slaves=1, tls=True,
+                     master_args=["--token-listen", "127.0.0.1:0"]) as pool:
+        tokens = pool.master.token_address
+        ca = str(pool.tls_dir / "ca.pem")
+        token = pool.xcp("token-issue", "--name", "node", "--role", "pool-admin").stdout.strip()
+        vm = ok(run(node, tokens, "--ca-cert", ca, "--auth-token", token,
+                    "create-vm", "by-token-alone"))
+        assert vm["name_label"] == "by-token-alone"
+        # $XCP_CA_CERT wins over $XCP_TLS_DIR; without a token the caller is nobody.
+        env = dict(pool.env(), XCP_CA_CERT=ca)
+        result = run(node, tokens, "list-hosts", env=env)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("error: SESSION_AUTHENTICATION_FAILED")
+        listed = ok(run(node, tokens, "list-hosts", env=dict(env, XCP_TOKEN=token)))
+        assert [h["uuid"] for h in listed["hosts"]] == [pool.slaves["host1"].uuid]

@@ -5,8 +5,8 @@ Every command in the README's ```sh blocks is either in scripts/walkthrough.sh
 tested elsewhere (./scripts/pool by test_scripts_pool.py, ./scripts/test by
 CI, which runs it). Then the walk-through runs against a pool started with
 ./scripts/pool (secure, its default), on a free port with its own state dir:
-the only changes to the script are that address (for 127.0.0.1:7000) and that
-state dir (for $PWD/.xcp/ and .xcp/), and it runs with none of the caller's
+the only changes to the script are the master's addresses (for 127.0.0.1:7000 and,
+the token endpoint, 127.0.0.1:7001) and that state dir (for $PWD/.xcp/ and .xcp/), and it runs with none of the caller's
 XCP_* settings.
 """
 
@@ -97,6 +97,7 @@ def test_walkthrough_runs_against_a_pool(tmp_path):
     with PoolScript(state, port=0, slaves=3) as pool:
         script = WALKTHROUGH.read_text()
         script = script.replace("127.0.0.1:7000", pool.address)
+        script = script.replace("127.0.0.1:7001", pool.token_address)
         script = re.sub(r"(\$PWD/)?\.xcp/", lambda _: f"{state}/", script)  # one pass
         if not node:  # outside CI only: run the rest, say what was skipped
             script = re.sub(r"^node .*$", ": node missing: skipped", script, flags=re.M)
@@ -142,5 +143,14 @@ def test_walkthrough_runs_against_a_pool(tmp_path):
         assert "error: SESSION_AUTHENTICATION_FAILED detail='no credentials" in tail
         assert re.search(rf"^error: cannot reach the master at {pool.address}: .*\n"
                          rf"exit code 4$", tail, re.M), tail
+        # The token endpoint: the token and the CA alone list (a read-only token, db1
+        # HALTED); health needs nothing; without a token, nothing else.
+        plain = re.search(rf"^error: cannot reach the master at {pool.address}: .*\n"
+                          rf"exit code 4$", tail, re.M)
+        tokens = tail[plain.end():]
+        assert re.search(r"^[0-9a-f-]{36}\s+db1\s+HALTED\s", tokens, re.M), tokens
+        assert '"name_label": "db1"' in tokens and '"name_label": "web1"' not in tokens
+        assert '"status": "SERVING"' in tokens, tokens
+        assert "error: SESSION_AUTHENTICATION_FAILED detail='no credentials" in tokens
         assert out.count("xcp_") == 0  # the token is never printed
     assert pool.proc.returncode == 0, pool.text()

@@ -201,6 +201,8 @@ def test_secure_by_default(tmp_path):
         assert f"grpcurl {flags} {pool.address} list" in banner
         assert f"grpcurl {flags} -d '{{}}' {pool.address} xcp.v1.HostService/ListHosts" in banner
         assert "xcp token-issue --name alice --role read-only" in banner
+        assert pool.token_address and pool.token_address != pool.address
+        assert f"xcp --master {pool.token_address} --ca-cert {tls}/ca.pem" in banner
         assert "./scripts/pool --insecure" in banner
         assert "-plaintext" not in banner
 
@@ -225,6 +227,16 @@ def test_secure_by_default(tmp_path):
         assert re.search(r"\(web1\) RUNNING on host[12]$", result.stdout, re.M), result.stdout
         # The read-only token lists (web1 in its vm-list) but may not change anything.
         assert re.search(r"\sweb1\s+RUNNING\s", result.stdout), result.stdout
+        # ... also with nothing but the token and the CA, on the token endpoint.
+        assert len(re.findall(r"\sweb1\s+RUNNING\s", result.stdout)) == 2, result.stdout
+        assert '"name_label": "web1"' in result.stdout, result.stdout
+        # Health checks need no credentials there; every other call needs a token.
+        health = grpcurl("-cacert", str(tls / "ca.pem"), pool.token_address,
+                         "grpc.health.v1.Health/Check")
+        assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr
+        anonymous = grpcurl("-cacert", str(tls / "ca.pem"), pool.token_address,
+                            "xcp.v1.HostService/ListHosts")
+        assert anonymous.returncode == 64 + 16, anonymous.stderr  # UNAUTHENTICATED
         token = next(c for c in commands if c.startswith("TOKEN="))
         denied = run_shell([c for c in commands if c.startswith("export ")] + [
             token, 'xcp --identity client --auth-token "$TOKEN" vm-shutdown web1'])

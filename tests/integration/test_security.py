@@ -11,10 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.support.processes import MasterProcess
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.processes import MasterProcess, grpcurl_path
 from xcp_control import pki
 from xcp_control.errors import error_info
 from xcp.v1 import host_service_pb2 as hs, host_service_pb2_grpc
+from xcp.v1 import liveness_service_pb2 as lv, liveness_service_pb2_grpc
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 
 SLAVE_BIN = Path(sys.executable).parent / "xcp-slave"
@@ -30,8 +33,9 @@ def pool(tmp_path_factory):
     pki.issue(tls, tls.master(), "master", "master")
     for name, kind in [("admin", "pool-admin"), ("viewer", "read-only"), ("anon", "client")]:
         pki.issue(tls, tls.client(name), name, kind)
-    with MasterProcess(root / "pool.db", extra_args=["--tls-dir", str(tls.path)],
-                       log_dir=root) as master:
+    with MasterProcess(root / "pool.db", log_dir=root,
+                       extra_args=["--tls-dir", str(tls.path),
+                                   "--token-listen", "127.0.0.1:0"]) as master:
         yield root, tls, master
 
 
@@ -196,3 +200,61 @@ def test_host_impersonating_another_is_refused(pool, tmp_path):
         assert "claiming to be host" in master.stderr_text()
     finally:
         stop(real)
+
+
+# -- the token endpoint: TLS that asks for no client certificate -------------------
+
+
+def test_token_endpoint_serves_health_and_reflection_to_anyone_with_the_ca(pool):
+    """What a load balancer and grpcurl meet: no certificate, no token."""
+    _, tls, master = pool
+    with secure_channel(tls, master.token_address, None) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    listed = subprocess.run([grpcurl_path(), "-cacert", str(tls.ca_cert), "-max-time", "10",
+                             master.token_address, "list"],
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and "xcp.v1.VMService" in listed.stdout, listed.stderr
+
+
+def test_token_endpoint_admits_by_bearer_token_alone(pool):
+    _, tls, master = pool
+    admin = pki.issue_token(tls, "ops-bot", "pool-admin", ttl_seconds=None)
+    viewer = pki.issue_token(tls, "dashboard", "read-only", ttl_seconds=3600)
+    expired = pki.issue_token(tls, "gone", "pool-admin", ttl_seconds=-1)
+
+    def bearer(token):
+        return [("authorization", f"Bearer {token}")]
+
+    with secure_channel(tls, master.token_address, None) as ch:
+        vms = vm_service_pb2_grpc.VMServiceStub(ch)
+        assert reason_of(lambda: vms.ListVMs(vs.ListVMsRequest(), timeout=5)) == \
+            "SESSION_AUTHENTICATION_FAILED"
+        for token in (expired, "xcp_not-a-token"):
+            assert reason_of(lambda: vms.ListVMs(vs.ListVMsRequest(), timeout=5,
+                                                 metadata=bearer(token))) == \
+                "SESSION_AUTHENTICATION_FAILED"
+        vm = vms.CreateVM(vs.CreateVMRequest(name_label="by-token", memory=GB, vcpus=1),
+                          timeout=5, metadata=bearer(admin))
+        listed = vms.ListVMs(vs.ListVMsRequest(), timeout=5, metadata=bearer(viewer))
+        assert vm.uuid in [v.uuid for v in listed.vms]
+        assert reason_of(lambda: vms.DestroyVM(vs.DestroyVMRequest(uuid=vm.uuid), timeout=5,
+                                               metadata=bearer(viewer))) == \
+            "RBAC_PERMISSION_DENIED"
+
+
+def test_token_endpoint_takes_no_heartbeats_and_no_plaintext(pool):
+    """Only a host's certificate may heartbeat, and the token endpoint asks for none:
+    a token of any role is refused there; so is a plaintext connection."""
+    _, tls, master = pool
+    admin = pki.issue_token(tls, "not-a-host", "pool-admin", ttl_seconds=None)
+    hello = lv.HeartbeatRequest(hello=lv.Hello(host_uuid=str(uuid.uuid4()), name_label="sneaky",
+                                               address="127.0.0.1:1"))
+    with secure_channel(tls, master.token_address, None) as ch:
+        stream = liveness_service_pb2_grpc.LivenessServiceStub(ch).Heartbeat(
+            iter([hello]), timeout=5, metadata=[("authorization", f"Bearer {admin}")])
+        assert reason_of(lambda: list(stream)) == "RBAC_PERMISSION_DENIED"
+    with grpc.insecure_channel(master.token_address) as ch:
+        stub = host_service_pb2_grpc.HostServiceStub(ch)
+        assert reason_of(lambda: stub.ListHosts(hs.ListHostsRequest(), timeout=3)) == \
+            "UNAVAILABLE"

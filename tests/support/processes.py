@@ -40,6 +40,7 @@ import grpc
 BIN_DIR = Path(sys.executable).parent
 MASTER_BIN = BIN_DIR / "xcp-master"
 LISTENING = "xcp-master: listening on "
+TOKEN_ENDPOINT = "xcp-master: token endpoint on "  # printed before LISTENING
 START_TIMEOUT = 20.0  # seconds; a master on an empty database starts in < 1 s
 
 _live: set[subprocess.Popen] = set()
@@ -209,6 +210,14 @@ class MasterProcess:
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
+
+    @property
+    def token_address(self) -> str:
+        """HOST:PORT of the token endpoint (--token-listen), or "" without one."""
+        for line in self._stdout:
+            if line.startswith(TOKEN_ENDPOINT):
+                return line[len(TOKEN_ENDPOINT):].strip()
+        return ""
 
     def stdout_text(self) -> str:
         return "".join(self._stdout)

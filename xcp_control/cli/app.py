@@ -286,8 +286,8 @@ def _epilog() -> str:
     return (f"{_EXAMPLES}\nhosts and VMs are named by uuid or by name_label.\n\n"
             f"environment:\n  XCP_MASTER  the master's HOST:PORT when --master is not given "
             f"(default {DEFAULT_MASTER})\n"
-            f"  XCP_TLS_DIR, XCP_IDENTITY, XCP_TOKEN  defaults of --tls-dir, --identity, "
-            f"--auth-token\n\n"
+            f"  XCP_TLS_DIR, XCP_IDENTITY, XCP_TOKEN, XCP_CA_CERT  defaults of --tls-dir, "
+            f"--identity, --auth-token, --ca-cert\n\n"
             f"exit codes:\n{codes}\n")
 
 
@@ -313,6 +313,10 @@ def _common() -> argparse.ArgumentParser:
                         "$XCP_IDENTITY, else admin)")
     s.add_argument("--auth-token", default=argparse.SUPPRESS, metavar="TOKEN",
                    help="a bearer token naming the caller (default: $XCP_TOKEN)")
+    s.add_argument("--ca-cert", default=argparse.SUPPRESS, metavar="FILE",
+                   help="the pool CA's certificate: TLS presenting no certificate, for the "
+                        "master's token endpoint with --auth-token; overrides --tls-dir "
+                        "(default: $XCP_CA_CERT)")
     return p
 
 
@@ -454,6 +458,7 @@ def parse_args(argv: list[str] | None, environ: dict[str, str] | None = None,
     args.tls_dir = getattr(args, "tls_dir", None) or environ.get("XCP_TLS_DIR", "")
     args.identity = getattr(args, "identity", None) or environ.get("XCP_IDENTITY", "admin")
     args.auth_token = getattr(args, "auth_token", None) or environ.get("XCP_TOKEN", "")
+    args.ca_cert = getattr(args, "ca_cert", None) or environ.get("XCP_CA_CERT", "")
     explicit = getattr(args, "timeout", None)
     if command.name == "watch":
         args.timeout = explicit  # None: watch until stopped
@@ -487,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             command.run(Context(None, out, args))
             return OK
         with Connection(args.master, args.call_timeout, spinner=_spinner,
-                        credentials=client_credentials(args.tls_dir, args.identity),
+                        credentials=client_credentials(args.tls_dir, args.identity,
+                                                       args.ca_cert),
                         token=args.auth_token) as conn:
             command.run(Context(conn, out, args))
     except CliError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable
 
 import grpc
@@ -202,8 +203,18 @@ class Connection:
         return {h.uuid: h.name_label for h in listing.hosts}
 
 
-def client_credentials(tls_dir: str, identity: str) -> grpc.ChannelCredentials | None:
-    """Mutual TLS as client `identity` of the pool in `tls_dir`; None for plaintext."""
+def client_credentials(tls_dir: str, identity: str,
+                       ca_cert: str = "") -> grpc.ChannelCredentials | None:
+    """How to speak to the master: TLS checked against `ca_cert` presenting no
+    certificate (the master's token endpoint, where the bearer token names the
+    caller); else mutual TLS as client `identity` of the pool in `tls_dir`;
+    else None, plaintext."""
+    if ca_cert:
+        try:
+            return grpc.ssl_channel_credentials(root_certificates=Path(ca_cert).read_bytes())
+        except OSError as exc:
+            raise CliError(USAGE, f"error: cannot read --ca-cert {ca_cert}: "
+                                  f"{exc.strerror or exc}") from None
     if not tls_dir:
         return None
     pool = pki.TlsDir(tls_dir)
