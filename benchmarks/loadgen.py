@@ -7,9 +7,10 @@ keepalive PINGs every 2 x interval like the real slave's channel
 (transport.heartbeat_channel_options), one LivenessService.Heartbeat stream
 carrying a Hello and then one lean Beat per interval (seq, memory_free, domains
 digest: no domain list), on a random phase so beats are spread over the
-interval. A broken stream reconnects with the real slave's full-jitter backoff
-(heartbeat.Backoff, cap 1 s), so a master restart is absorbed the way a pool of
-real slaves absorbs it.
+interval. A broken stream reconnects with the real slave's policy
+(heartbeat.Reconnect: within 1 s when unreachable, up to 30 s when turned away),
+so a master restarting, or too busy to take new streams, sees the reconnects a
+pool of real slaves would make.
 
 Two clients (`--client`): `h2` (default) speaks the same gRPC stream over a lean
 hand-rolled HTTP/2 connection (see H2Host); `grpc` uses grpc.aio channels with
@@ -64,7 +65,8 @@ import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc  # noqa: E402
-from xcp_control.heartbeat import Backoff, next_tick  # noqa: E402
+from xcp_control.heartbeat import (  # noqa: E402
+    Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
 from xcp_control.hypervisor import domains_digest  # noqa: E402
 from xcp_control.transport import heartbeat_channel_options  # noqa: E402
 
@@ -107,6 +109,10 @@ class Counts:
         self.max_late = 0.0  # seconds: the latest beat
 
 
+NO_HELLO_REPLY = "no Hello reply in time"
+ENDED_WITH_TRAILERS = "master ended the stream (trailers)"
+
+
 class SimHost:
     """One simulated slave: a heartbeat stream kept open until the worker stops."""
 
@@ -115,7 +121,7 @@ class SimHost:
         self.index = index
         self.uuid = host_uuid(worker.seed, index)
         self.rng = random.Random(f"{worker.seed}:{index}")
-        self.backoff = Backoff(rng=self.rng, cap=worker.reconnect_cap)
+        self.backoff = Reconnect(worker.reconnect_cap, rng=self.rng)
         self.wake: asyncio.Future | None = None
         self.up = False
         self.resend = False
@@ -129,11 +135,13 @@ class SimHost:
         # Bounded open rate: the k-th host of this process opens at k / rate.
         await self.sleep((self.index - w.first) / w.open_rate)
         while not w.stopping:
+            busy = False
             try:
                 await self.session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect, like a slave
+                busy = turned_away(exc)
                 w.note(exc)
                 if self.up:
                     w.counts.broken += 1
@@ -144,7 +152,7 @@ class SimHost:
                     w.counts.up -= 1
                     self.up = False
             if not w.stopping:
-                await self.sleep(self.backoff.next_delay())
+                await self.sleep(self.backoff.after_failure(busy))
 
     async def sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -168,11 +176,14 @@ class SimHost:
                     memory_total=MEMORY_TOTAL, memory_free=MEMORY_TOTAL,
                     domains_digest=EMPTY_DIGEST, enabled=True))
                 await asyncio.wait_for(call.write(hello), w.io_timeout)
-                reply = await asyncio.wait_for(call.read(), w.io_timeout)
+                try:
+                    reply = await asyncio.wait_for(call.read(), w.hello_timeout)
+                except asyncio.TimeoutError:
+                    raise TurnedAway(NO_HELLO_REPLY) from None
                 if reply is grpc.aio.EOF:
                     raise ConnectionError("stream ended before the Hello reply")
                 interval = reply.interval_ms / 1000 if reply.interval_ms > 0 else 1.0
-                self.backoff.reset()
+                self.backoff.welcomed()
                 self.up = True
                 w.counts.up += 1
                 w.counts.opened += 1
@@ -304,7 +315,7 @@ class H2Host(asyncio.BufferedProtocol):
         self.index = index
         self.uuid = host_uuid(worker.seed, index)
         self.rng = random.Random(f"{worker.seed}:{index}")
-        self.backoff = Backoff(rng=self.rng, cap=worker.reconnect_cap)
+        self.backoff = Reconnect(worker.reconnect_cap, rng=self.rng)
         self.transport: asyncio.Transport | None = None
         self.up = False
         self.timer: asyncio.TimerHandle | None = None
@@ -342,7 +353,7 @@ class H2Host(asyncio.BufferedProtocol):
         self.send_window = 65535
         self.received = 0
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.w.io_timeout, self.fail, "no Hello reply in time")
+        self.timer = loop.call_later(self.w.hello_timeout, self.fail, NO_HELLO_REPLY)
         task = loop.create_task(loop.create_connection(lambda: self, self.w.host, self.w.port))
         task.add_done_callback(self._connected)
 
@@ -374,6 +385,9 @@ class H2Host(asyncio.BufferedProtocol):
             self.close()
             return
         w.errors[why[-90:]] = w.errors.get(why[-90:], 0) + 1
+        # Turned away (heartbeat.turned_away): no reply to the Hello, or the stream
+        # ended with trailers before it (TOO_BUSY is a trailers-only answer).
+        busy = not self.up and why in (NO_HELLO_REPLY, ENDED_WITH_TRAILERS)
         if self.up:
             w.counts.broken += 1
             w.counts.up -= 1
@@ -385,8 +399,8 @@ class H2Host(asyncio.BufferedProtocol):
             self.transport.abort()
             self.transport = None
         if not w.stopping:
-            self.timer = asyncio.get_running_loop().call_later(self.backoff.next_delay(),
-                                                               self.connect)
+            self.timer = asyncio.get_running_loop().call_later(
+                self.backoff.after_failure(busy), self.connect)
 
     def _cancel_timers(self) -> None:
         for t in (self.timer, self.pinger):
@@ -491,7 +505,7 @@ class H2Host(asyncio.BufferedProtocol):
                 self.fail("master ended the stream")
         elif kind == _HEADERS:
             if flags & _END_STREAM:
-                self.fail("master ended the stream (trailers)")
+                self.fail(ENDED_WITH_TRAILERS)
         elif kind == _SETTINGS:
             if not flags & _ACK:
                 t.write(_frame(_SETTINGS, _ACK, 0))
@@ -516,7 +530,7 @@ class H2Host(asyncio.BufferedProtocol):
             return
         self.interval = reply.interval_ms / 1000 if reply.interval_ms > 0 else 1.0
         self.up = True
-        self.backoff.reset()
+        self.backoff.welcomed()
         w.counts.up += 1
         w.counts.opened += 1
         if w.report_sessions:
@@ -542,6 +556,7 @@ class Worker:
         self.report_sessions = a.report_sessions
         self.reconnect_cap = a.reconnect_cap
         self.io_timeout = max(2 * a.interval, 0.5)
+        self.hello_timeout = hello_timeout(a.interval)
         self.open_rate = a.open_rate
         self.options = heartbeat_channel_options(a.interval) + [
             ("grpc.use_local_subchannel_pool", 1)]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 
+import grpc
 import pytest
 
 from xcp.v1 import liveness_service_pb2 as pb
-from xcp_control.heartbeat import (Backoff, BeatComposer, DomainSnapshot, HeartbeatClient,
-                                   HostIdentity, next_tick)
+from xcp_control.heartbeat import (BUSY_BACKOFF_CAP, Backoff, BeatComposer, DomainSnapshot,
+                                   HeartbeatClient, HostIdentity, Reconnect, TurnedAway,
+                                   hello_timeout, next_tick, turned_away)
 from xcp_control.hypervisor import PAUSED, RUNNING, DomainInfo, SimulatedHypervisor
 
 HOST = HostIdentity("11111111-1111-4111-8111-111111111111", "h1", "127.0.0.1:5000")
@@ -61,6 +63,52 @@ def test_backoff_rejects_nonsense():
         Backoff(0, 1.0)
     with pytest.raises(ValueError):
         Backoff(0.1, 0)
+
+
+# -- Reconnect: unreachable vs turned away ---------------------------------------
+
+
+def ceilings(policy: Reconnect, busy: bool, n: int) -> list[float]:
+    """The largest of many draws at each of n consecutive failures (each draw
+    is one failure: the ceiling grows as the failures add up)."""
+    return [policy.after_failure(busy) for _ in range(n)]
+
+
+def test_an_unreachable_master_is_retried_within_the_cap_however_long_it_is_away():
+    policy = Reconnect(cap=1.0, rng=random.Random(5))
+    assert max(ceilings(policy, busy=False, n=1000)) <= 1.0
+
+
+def test_a_master_that_turns_us_away_gets_growing_room_up_to_the_busy_cap():
+    policy = Reconnect(cap=1.0, rng=random.Random(5))
+    delays = ceilings(policy, busy=True, n=2000)
+    assert max(delays[:1]) <= 1.0 and max(delays[:3]) <= 4.0  # 1, 2, 4 s ceilings first
+    assert max(delays) <= BUSY_BACKOFF_CAP
+    assert max(delays[-1000:]) > 0.9 * BUSY_BACKOFF_CAP  # it does reach the busy cap
+    # Being unreachable in between does not undo the room the master asked for...
+    policy.after_failure(busy=False)
+    assert max(ceilings(policy, busy=True, n=200)) > 0.9 * BUSY_BACKOFF_CAP
+    # ... and a welcome resets both.
+    policy.welcomed()
+    assert policy.after_failure(busy=True) <= 1.0
+    assert policy.after_failure(busy=False) <= 0.1
+
+
+class FakeRpcError(grpc.aio.AioRpcError):
+    def __init__(self, code):
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="x")
+
+
+def test_turned_away_means_unanswered_hello_or_shed_stream_only():
+    assert turned_away(TurnedAway("no reply to Hello"))
+    assert turned_away(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED))
+    assert not turned_away(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    assert not turned_away(TimeoutError("write timed out"))
+    assert not turned_away(ConnectionError("reset"))
+
+
+def test_hello_timeout_leaves_a_slow_master_room():
+    assert hello_timeout(1.0) == 5.0 and hello_timeout(0.1) == 2.0
 
 
 # -- schedule ----------------------------------------------------------------

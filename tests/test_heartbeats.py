@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.test_pool import NOW, World, new_uuid, run
+from xcp_control.admission import LoopLag
+from xcp_control.errors import XcpError
 from xcp_control.heartbeats import HeartbeatSessions
 from xcp_control.metrics import MetricsMirror
 from xcp.v1 import liveness_service_pb2 as pb, slave_service_pb2 as sl
@@ -73,4 +77,21 @@ def test_only_the_newest_stream_speaks_for_a_host(tmp_path):
         assert hb.beat(old, pb.Beat(seq=9, domains_digest="d0")) is None
         hb.end(new, goodbye=True)
         assert not world.liveness.is_live(host)
+    run(body, tmp_path)
+
+
+def test_new_streams_are_refused_too_busy_while_the_loop_lags(tmp_path):
+    async def body(world: World):
+        lag = LoopLag(limit=0.5)
+        mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW,
+                               write_interval=30.0)
+        hb = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW,
+                               loop_lag=lag)
+        hb.admit()  # a punctual loop admits
+        for _ in range(5):
+            lag.observe(expected=0.0, now=2.0)
+        with pytest.raises(XcpError) as refused:
+            hb.admit()
+        assert refused.value.reason == "TOO_BUSY" and refused.value.code.name == \
+            "RESOURCE_EXHAUSTED"
     run(body, tmp_path)

@@ -154,6 +154,7 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
 
     @rpc_method
     async def Heartbeat(self, request_iterator, context):
+        self._sessions.admit()
         try:
             first = await asyncio.wait_for(anext(request_iterator), self._hello_timeout)
         except (asyncio.TimeoutError, StopAsyncIteration):

@@ -69,6 +69,8 @@ CATALOGUE: dict[str, Reason] = {
                "no valid credentials"),
         Reason("RBAC_PERMISSION_DENIED", Code.PERMISSION_DENIED, ("role", "operation"),
                "the caller's role does not allow this operation"),
+        Reason("TOO_BUSY", Code.RESOURCE_EXHAUSTED, ("detail",),
+               "the master is too busy: retry later, with backoff"),
     )
 }
 

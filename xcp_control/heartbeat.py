@@ -7,12 +7,17 @@ interval. A steady Beat carries only seq, memory_free and the domain-list
 digest (a few dozen bytes); the full list goes only when the master does not
 hold the current one (`BeatComposer`). Replies are read concurrently with the
 writes. A broken stream is retried with full-jitter exponential backoff
-(`Backoff`), reset by the next successful Hello reply, so a master restart is
-absorbed within about one reconnect_cap. `stop()` says Goodbye first, so the
-master marks the host down at once rather than at dead_after.
+(`Reconnect`), reset by the next successful Hello reply: a master that cannot
+be reached (restarting, partitioned) is retried within about one
+reconnect_cap, so its restart is absorbed in a second; a master that is up but
+turns us away (it sheds new streams while overloaded, or leaves the Hello
+unanswered) is given room, up to BUSY_BACKOFF_CAP, so that thousands of
+slaves do not keep a saturated master saturated with reconnects. `stop()` says
+Goodbye first, so the master marks the host down at once rather than at
+dead_after.
 
-Every wait is bounded: writes and the Hello reply by two intervals, a silent
-master by the channel's keepalive ping timeout (transport.py).
+Every wait is bounded: writes by two intervals, the Hello reply by five, a
+silent master by the channel's keepalive ping timeout (transport.py).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0  # seconds between beats until the master says otherwise
 BACKOFF_BASE = 0.1  # seconds: the first reconnect waits up to this long
+BUSY_BACKOFF_CAP = 30.0  # seconds: the longest wait after a master turned us away
+HELLO_TIMEOUT_INTERVALS = 5  # a slow master is not a dead one: room for its Hello reply
 _MIN_INTERVAL, _MAX_INTERVAL = 0.01, 60.0  # bounds on what a master may ask for
 _MIN_IO_TIMEOUT = 0.5  # seconds: floor of the write / Hello-reply bound
 _GOODBYE_GRACE = 0.5  # seconds we wait for the master to end the call after Goodbye
@@ -69,6 +76,47 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+class TurnedAway(Exception):
+    """The master is up but did not take the stream: it left the Hello unanswered."""
+
+
+def turned_away(exc: BaseException) -> bool:
+    """Whether a failed attempt means "the master is busy", not "unreachable":
+    the Hello went unanswered, or the master shed the stream (TOO_BUSY,
+    RESOURCE_EXHAUSTED)."""
+    if isinstance(exc, TurnedAway):
+        return True
+    return (isinstance(exc, grpc.aio.AioRpcError)
+            and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class Reconnect:
+    """How long to wait before the next attempt to open a heartbeat stream.
+
+    After a failure to reach the master, full jitter up to `cap` (about one
+    interval). After the master turned us away, full jitter from `cap` growing
+    to `busy_cap`: a saturated master then sheds load instead of gaining it.
+    A welcome (the Hello answered) resets both."""
+
+    def __init__(self, cap: float = DEFAULT_INTERVAL, busy_cap: float = BUSY_BACKOFF_CAP,
+                 rng: random.Random | None = None) -> None:
+        self._unreachable = Backoff(BACKOFF_BASE, cap, rng)
+        self._busy = Backoff(cap, max(cap, busy_cap), rng)
+
+    def after_failure(self, busy: bool) -> float:
+        """The delay before the next attempt."""
+        return (self._busy if busy else self._unreachable).next_delay()
+
+    def welcomed(self) -> None:
+        self._unreachable.reset()
+        self._busy.reset()
+
+
+def hello_timeout(interval: float) -> float:
+    """How long to wait for the master's reply to a Hello."""
+    return max(HELLO_TIMEOUT_INTERVALS * interval, 2.0)
 
 
 def next_tick(previous: float, interval: float, now: float) -> float:
@@ -164,13 +212,14 @@ class HeartbeatClient:
     def __init__(self, master: str, identity: HostIdentity, hypervisor: Hypervisor, *,
                  reconnect_cap: float = DEFAULT_INTERVAL, interval: float = DEFAULT_INTERVAL,
                  rng: random.Random | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 reconnect: Reconnect | None = None) -> None:
         self.master = master
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
         self._interval = interval
-        self._backoff = Backoff(BACKOFF_BASE, reconnect_cap, rng)
+        self._reconnect = reconnect or Reconnect(reconnect_cap, rng=rng)
         self._stop = asyncio.Event()
         self._stop_reason = "shutdown"
         self._finished = asyncio.Event()
@@ -199,22 +248,25 @@ class HeartbeatClient:
         outage_logged = False
         try:
             while not self._stop.is_set():
+                busy = False
                 try:
                     await self._session()
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                    busy = turned_away(exc)
                     if self.connected or not outage_logged:
                         log.info("heartbeat stream to master %s down (%s); reconnecting",
                                  self.master, _describe(exc))
                         outage_logged = True
                     else:
                         log.debug("master %s still unreachable: %s", self.master, _describe(exc))
-                    if not isinstance(exc, (grpc.aio.AioRpcError, StreamEnded, TimeoutError)):
+                    if not isinstance(exc, (grpc.aio.AioRpcError, StreamEnded, TimeoutError,
+                                            TurnedAway)):
                         log.debug("unexpected heartbeat failure", exc_info=True)
                 else:
                     outage_logged = False
                 self.connected = False
                 if not self._stop.is_set():
-                    await self._sleep_unless_stopped(self._backoff.next_delay())
+                    await self._sleep_unless_stopped(self._reconnect.after_failure(busy))
         finally:
             self.connected = False
             self._unsubscribe()
@@ -257,18 +309,19 @@ class HeartbeatClient:
                                                self._hv.memory_free, self._hv.enabled, snapshot))
         reader = asyncio.ensure_future(call.read())
         try:
-            done, _ = await asyncio.wait({reader, stopping}, timeout=self._io_timeout,
+            wait = hello_timeout(self._interval)
+            done, _ = await asyncio.wait({reader, stopping}, timeout=wait,
                                          return_when=asyncio.FIRST_COMPLETED)
             if stopping in done:
                 await self._goodbye(call, reader)
                 return
             if reader not in done:
-                raise TimeoutError(f"no reply to Hello within {self._io_timeout:.1f}s")
+                raise TurnedAway(f"no reply to Hello within {wait:.1f}s")
             welcome = reader.result()
             if welcome is grpc.aio.EOF:
                 raise StreamEnded("master closed the stream before answering Hello")
             self._apply(composer, welcome)
-            self._backoff.reset()
+            self._reconnect.welcomed()
             self.connected = True
             self.sessions += 1
             log.info("connected to master %s as host %s (interval %.3fs)",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from xcp_control import validation
+from xcp_control.admission import LoopLag
 from xcp_control.auth import CALLER
 from xcp_control.errors import XcpError
 from xcp_control.liveness import Liveness
@@ -39,8 +40,10 @@ class HeartbeatSessions:
 
     def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
                  interval: float, clock: Callable[[], float],
+                 loop_lag: LoopLag | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._loop_lag = loop_lag
         self._liveness = liveness
         self._mirror = mirror
         self._interval_ms = int(interval * 1000)
@@ -54,6 +57,14 @@ class HeartbeatSessions:
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
         self._domain_listeners.append(listener)
+
+    def admit(self) -> None:
+        """A new stream is about to start: TOO_BUSY while the master's event
+        loop lags, before any work is done for it (admission.py)."""
+        lag = self._loop_lag
+        if lag is not None and lag.busy:
+            raise XcpError("TOO_BUSY", detail=f"event loop {lag.lag:.2f}s behind: "
+                                              f"no new heartbeat streams for now")
 
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
         """Register or update the host, then open its session."""

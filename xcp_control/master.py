@@ -18,6 +18,7 @@ from typing import Callable
 import grpc
 
 from xcp_control import api, auth, pki, tls
+from xcp_control.admission import LoopLag, watch_loop_lag
 from xcp_control.events import EventHub
 from xcp_control.forwarding import Forwarder
 from xcp_control.heartbeats import HeartbeatSessions
@@ -76,8 +77,9 @@ class Master:
         self.locks = OperationLocks()
         self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
+        self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
-                                          s.heartbeat_interval, self.clock)
+                                          s.heartbeat_interval, self.clock, self.loop_lag)
         server_credentials, interceptors, channel_credentials = self._security()
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
                                    credentials=channel_credentials)
@@ -90,7 +92,9 @@ class Master:
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
-                       asyncio.create_task(self.mirror.run(), name="metrics")]
+                       asyncio.create_task(self.mirror.run(), name="metrics"),
+                       asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
+                                                          s.reaper_tick), name="loop-lag")]
         log.info("master listening on %s, database %s", self.address, s.db_path)
         if self.token_address:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)

@@ -55,6 +55,7 @@ class MasterSettings:
     watch_queue_size: int = 10_000  # events buffered per watcher before it must resync
     change_log_size: int = 100_000  # changes kept for Watch resume by token
     max_message_bytes: int = 4 * 1024 * 1024  # largest request the master accepts
+    shed_lag: float = 0.5  # seconds of (smoothed) event-loop lag above which new heartbeat streams get TOO_BUSY; 0 = never
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
     # A second HOST:PORT, TLS without client certificates: callers name themselves
     # with a bearer token, load balancers check health with nothing; empty = none.
@@ -79,6 +80,8 @@ class MasterSettings:
             raise SettingsError(
                 f"dead_after ({self.dead_after}s) must be larger than heartbeat_interval "
                 f"({self.heartbeat_interval}s): hosts would be marked dead between beats")
+        if self.shed_lag < 0:
+            raise SettingsError(f"shed_lag must be >= 0, got {self.shed_lag}")
         if self.grace < 0:
             raise SettingsError(f"startup_grace must be >= 0, got {self.startup_grace}")
         if self.watch_queue_size < 1 or self.change_log_size < 1:

@@ -22,6 +22,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOST_IS_LIVE: _ClassVar[ErrorReason]
     SESSION_AUTHENTICATION_FAILED: _ClassVar[ErrorReason]
     RBAC_PERMISSION_DENIED: _ClassVar[ErrorReason]
+    TOO_BUSY: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 HOST_OFFLINE: ErrorReason
 CANNOT_CONTACT_HOST: ErrorReason
@@ -38,3 +39,4 @@ EVENTS_LOST: ErrorReason
 HOST_IS_LIVE: ErrorReason
 SESSION_AUTHENTICATION_FAILED: ErrorReason
 RBAC_PERMISSION_DENIED: ErrorReason
+TOO_BUSY: ErrorReason

@@ -1,0 +1,106 @@
+"""The slave's heartbeat client against masters that turn it away, over real
+loopback sockets (in-process grpc.aio servers standing in for the master).
+
+A master that is up but does not take the stream (TOO_BUSY, or the Hello left
+unanswered) must make the client back off further, not hammer it (the
+reconnect storm of BENCHMARKS.md); a master that cannot be reached is retried
+on the short backoff, so a restart is absorbed in a second."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc
+from xcp_control.errors import XcpError
+from xcp_control.heartbeat import HeartbeatClient, HostIdentity, Reconnect
+from xcp_control.hypervisor import SimulatedHypervisor
+from xcp_control.serving import bind
+from xcp_control.transport import server_options
+
+HOST = HostIdentity("22222222-2222-4222-8222-222222222222", "h2", "127.0.0.1:5000")
+
+
+class Recording(Reconnect):
+    """The real policy, with short delays, remembering what each failure was."""
+
+    def __init__(self) -> None:
+        super().__init__(cap=0.05, busy_cap=0.05)
+        self.failures: list[bool] = []
+        self.welcomes = 0
+
+    def after_failure(self, busy: bool) -> float:
+        self.failures.append(busy)
+        return super().after_failure(busy)
+
+    def welcomed(self) -> None:
+        self.welcomes += 1
+        super().welcomed()
+
+
+class TooBusy(pb_grpc.LivenessServiceServicer):
+    async def Heartbeat(self, request_iterator, context):
+        await context.abort_with_status(XcpError("TOO_BUSY", detail="test").to_status())
+        yield  # pragma: no cover - an async generator, as the real servicer is
+
+
+class Mute(pb_grpc.LivenessServiceServicer):
+    """Takes the stream and reads the Hello, but never answers it."""
+
+    async def Heartbeat(self, request_iterator, context):
+        async for _ in request_iterator:
+            pass
+        yield  # pragma: no cover
+
+
+async def serve(servicer) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(options=server_options(4 << 20))
+    pb_grpc.add_LivenessServiceServicer_to_server(servicer, server)
+    address = bind(server, "127.0.0.1:0")
+    await server.start()
+    return server, address
+
+
+async def failures_against(master: str, seconds: float, interval: float = 0.1) -> Recording:
+    policy = Recording()
+    client = HeartbeatClient(master, HOST, SimulatedHypervisor(HOST.uuid, 1 << 30),
+                             interval=interval, reconnect=policy)
+    runner = asyncio.ensure_future(client.run())
+    await asyncio.sleep(seconds)
+    await client.stop(timeout=5)
+    await asyncio.wait_for(runner, 5)
+    return policy
+
+
+def test_a_master_that_sheds_the_stream_is_busy():
+    async def go():
+        server, address = await serve(TooBusy())
+        try:
+            policy = await failures_against(address, 1.0)
+        finally:
+            await server.stop(None)
+        assert len(policy.failures) >= 3 and all(policy.failures), policy.failures
+        assert policy.welcomes == 0
+    asyncio.run(go())
+
+
+def test_an_unanswered_hello_is_busy_after_the_hello_timeout():
+    async def go():
+        server, address = await serve(Mute())
+        try:
+            policy = await failures_against(address, 3.0)  # hello timeout: 2 s at 0.1 s
+        finally:
+            await server.stop(None)
+        assert policy.failures and all(policy.failures), policy.failures
+        assert len(policy.failures) == 1  # one Hello, one 2 s wait, then stopped mid-second
+    asyncio.run(go())
+
+
+def test_an_unreachable_master_is_not_busy():
+    async def go():
+        server, address = await serve(Mute())
+        await server.stop(None)  # the port is closed now: refused
+        policy = await failures_against(address, 1.0)
+        assert len(policy.failures) >= 3 and not any(policy.failures), policy.failures
+    asyncio.run(go())
