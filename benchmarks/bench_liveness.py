@@ -265,12 +265,15 @@ def _missed_lines(master: Master) -> int:
 
 async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
                           server_options, label: str, open_rate: float = 0.0,
-                          client: str = "h2") -> dict:
+                          client: str = "h2", storm: bool = False) -> dict:
+    """`storm`: no load shedding on the master and the old reconnect policy on the
+    slaves (BENCHMARKS.md: the reconnect storm), for A/B runs against the fix."""
     db = work / f"scale-{hosts}-{label}.db"
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{db}{suffix}")
-    master = Master(db, server_options=server_options)
+    master = Master(db, server_options=server_options,
+                    extra=["--shed-lag", "0"] if storm else ())
     gen = None
     try:
         await asyncio.sleep(1.0)
@@ -278,7 +281,7 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         gen = LoadGen(master.address, hosts, procs=procs, duration=duration + 600,
                       seed=f"scale-{hosts}",
                       open_rate=open_rate or (500.0 if hosts <= 4000 else 200.0),
-                      cpus=common.LOAD_CPUS, client=client).start()
+                      cpus=common.LOAD_CPUS, client=client, old_reconnect=storm).start()
         try:
             t_open = await asyncio.to_thread(gen.wait_open, None, 180 + hosts / gen.open_rate)
         except TimeoutError:  # the master cannot take them all: report how it failed
@@ -369,7 +372,7 @@ async def bench_scale(work: Path, counts: list[int], duration: float, procs: int
             common.wait_quiet(log=log)
             out.append(await bench_scale_one(work, hosts, duration, procs, options,
                                              f"{variant}/{client}" if client != "h2" else variant,
-                                             open_rate, client))
+                                             open_rate, client, storm=variant == "storm"))
     return out
 
 
@@ -460,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of steady beating per scale run (the issue's: 300)")
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
     p.add_argument("--server", default="stock",
-                   help="scale: comma-separated master variants: stock, no-bdp "
-                        "(grpc.http2.bdp_probe=0 patched in: the proposed fix)")
+                   help="scale: comma-separated variants: stock, no-bdp "
+                        "(grpc.http2.bdp_probe=0 patched in; now the default anyway), storm "
+                        "(no load shedding, slaves' old reconnect policy: the A/B of the fix)")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="scale: first-stream opens per second (default 500, 200 above 4,000)")
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",

@@ -66,7 +66,7 @@ import grpc  # noqa: E402
 from benchmarks import common  # noqa: E402
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc  # noqa: E402
 from xcp_control.heartbeat import (  # noqa: E402
-    Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
+    BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
 from xcp_control.hypervisor import domains_digest  # noqa: E402
 from xcp_control.transport import heartbeat_channel_options  # noqa: E402
 
@@ -121,7 +121,7 @@ class SimHost:
         self.index = index
         self.uuid = host_uuid(worker.seed, index)
         self.rng = random.Random(f"{worker.seed}:{index}")
-        self.backoff = Reconnect(worker.reconnect_cap, rng=self.rng)
+        self.backoff = Reconnect(worker.reconnect_cap, worker.busy_cap, rng=self.rng)
         self.wake: asyncio.Future | None = None
         self.up = False
         self.resend = False
@@ -315,7 +315,7 @@ class H2Host(asyncio.BufferedProtocol):
         self.index = index
         self.uuid = host_uuid(worker.seed, index)
         self.rng = random.Random(f"{worker.seed}:{index}")
-        self.backoff = Reconnect(worker.reconnect_cap, rng=self.rng)
+        self.backoff = Reconnect(worker.reconnect_cap, worker.busy_cap, rng=self.rng)
         self.transport: asyncio.Transport | None = None
         self.up = False
         self.timer: asyncio.TimerHandle | None = None
@@ -556,7 +556,10 @@ class Worker:
         self.report_sessions = a.report_sessions
         self.reconnect_cap = a.reconnect_cap
         self.io_timeout = max(2 * a.interval, 0.5)
-        self.hello_timeout = hello_timeout(a.interval)
+        # --old-reconnect: the slaves before the storm fix (BENCHMARKS.md), for A/B runs:
+        # a Hello unanswered within 2 intervals, and no further backoff when turned away.
+        self.hello_timeout = self.io_timeout if a.old_reconnect else hello_timeout(a.interval)
+        self.busy_cap = a.reconnect_cap if a.old_reconnect else BUSY_BACKOFF_CAP
         self.open_rate = a.open_rate
         self.options = heartbeat_channel_options(a.interval) + [
             ("grpc.use_local_subchannel_pool", 1)]
@@ -654,7 +657,8 @@ class LoadGen:
                  seed: str = "bench", open_rate: float = 1000.0, interval: float = 1.0,
                  goodbye: bool = True, report_sessions: bool = False,
                  reconnect_cap: float = 1.0, cpus: set[int] | None = common.LOAD_CPUS,
-                 first_index: int = 0, keepalive: bool = True, client: str = "h2") -> None:
+                 first_index: int = 0, keepalive: bool = True, client: str = "h2",
+                 old_reconnect: bool = False) -> None:
         check_loopback(master)
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be 1..{MAX_HOSTS}")
@@ -665,6 +669,7 @@ class LoadGen:
         self.interval, self.goodbye, self.report_sessions = interval, goodbye, report_sessions
         self.reconnect_cap, self.cpus, self.first_index = reconnect_cap, cpus, first_index
         self.keepalive = keepalive
+        self.old_reconnect = old_reconnect
         if client not in ("h2", "grpc"):
             raise ValueError("client must be h2 or grpc")
         self.client = client
@@ -697,6 +702,8 @@ class LoadGen:
                 argv.append("--report-sessions")
             if not self.keepalive:
                 argv.append("--no-keepalive")
+            if self.old_reconnect:
+                argv.append("--old-reconnect")
             first += count
             proc = common.Proc(argv, f"loadgen-{p}", cpus=self.cpus)
             self.workers.append(proc)
@@ -791,6 +798,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",
                    help="h2: lean hand-rolled HTTP/2 (default, ~10x cheaper); grpc: grpc.aio")
     p.add_argument("--cpus", default="", help="pin workers to these cores, e.g. 1 or 0-1")
+    p.add_argument("--old-reconnect", action="store_true",
+                   help="reconnect as slaves did before the storm fix: Hello timeout 2 "
+                        "intervals, backoff capped at --reconnect-cap even when turned away")
     p.add_argument("--report-sessions", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--proc-index", type=int, default=0, help=argparse.SUPPRESS)
@@ -824,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     common.install_sigterm_handler()
     gen = LoadGen(a.master, a.hosts, a.procs, a.duration, a.seed, a.open_rate, a.interval,
                   a.goodbye, reconnect_cap=a.reconnect_cap, cpus=_cpuset(a.cpus),
-                  keepalive=not a.no_keepalive, client=a.client)
+                  keepalive=not a.no_keepalive, client=a.client,
+                  old_reconnect=a.old_reconnect)
     print(f"# {common.machine_line()}; {common.load_note()}", flush=True)
     t0 = time.monotonic()
     gen.start()

@@ -43,7 +43,7 @@ BACKOFF_BASE = 0.1  # seconds: the first reconnect waits up to this long
 BUSY_BACKOFF_CAP = 30.0  # seconds: the longest wait after a master turned us away
 HELLO_TIMEOUT_INTERVALS = 5  # a slow master is not a dead one: room for its Hello reply
 _MIN_INTERVAL, _MAX_INTERVAL = 0.01, 60.0  # bounds on what a master may ask for
-_MIN_IO_TIMEOUT = 0.5  # seconds: floor of the write / Hello-reply bound
+_MIN_IO_TIMEOUT = 0.5  # seconds: floor of the bound on a write
 _GOODBYE_GRACE = 0.5  # seconds we wait for the master to end the call after Goodbye
 
 

@@ -176,6 +176,9 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     p.add_argument("--token-listen", default=d.token_listen, metavar="HOST:PORT",
                    help="also serve here with TLS but no client certificate: callers send a "
                         "bearer token (xcp token-issue); needs --tls-dir (default: none)")
+    p.add_argument("--shed-lag", type=float, default=d.shed_lag, metavar="S",
+                   help="refuse new heartbeat streams (TOO_BUSY) while the event loop lags "
+                        "more than this; 0 never (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -183,7 +186,7 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
                           startup_grace=a.startup_grace, tls_dir=a.tls_dir,
-                          token_listen=a.token_listen)
+                          token_listen=a.token_listen, shed_lag=a.shed_lag)
 
 
 async def run(settings: MasterSettings) -> None:
