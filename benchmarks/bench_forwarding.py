@@ -40,7 +40,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -537,7 +536,7 @@ def print_summary(r: dict) -> None:
 
 
 async def main_async(a: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-forwarding-", dir=common.RUN_DIR))
+    work = common.work_dir("bench-forwarding-")
     sections = a.only.split(",")
     results: dict = {"machine": common.machine_line(), "start_load": common.load_note()}
     log(f"# {results['machine']}; {results['start_load']}")

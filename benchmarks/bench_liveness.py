@@ -36,7 +36,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -424,7 +423,7 @@ def print_summary(results: dict) -> None:
 
 
 async def main_async(a: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-liveness-", dir=common.RUN_DIR))
+    work = common.work_dir("bench-liveness-")
     sections = a.only.split(",")
     results: dict = {"machine": common.machine_line(), "start_load": common.load_note()}
     log(f"# {results['machine']}; {results['start_load']}")

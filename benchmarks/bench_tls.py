@@ -42,7 +42,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid as uuid_module
@@ -747,7 +746,7 @@ def wait_for_others(limit: float) -> None:
 
 
 async def main_async(a: argparse.Namespace) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-tls-", dir=common.RUN_DIR))
+    work = common.work_dir("bench-tls-")
     sections = a.only.split(",")
     results: dict = {"machine": common.machine_line(), "start_load": common.load_note(),
                      "argv": sys.argv[1:]}

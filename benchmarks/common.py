@@ -192,6 +192,12 @@ _live_lock = threading.Lock()
 RUN_DIR = Path(tempfile.gettempdir()) / "xcp-bench"
 
 
+def work_dir(prefix: str) -> Path:
+    """A fresh directory under RUN_DIR for one benchmark run (RUN_DIR made if missing)."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=RUN_DIR))
+
+
 class ProcessStartError(RuntimeError):
     pass
 
