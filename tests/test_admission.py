@@ -22,6 +22,8 @@ def test_a_punctual_loop_is_never_busy():
 
 def test_one_late_wakeup_is_no_trend():
     assert not any(probes(LoopLag(limit=0.5), [0.0, 1.5, 0.0, 0.0]))
+    # not even a long one (the process was SIGSTOPped, say)
+    assert not any(probes(LoopLag(limit=0.5), [0.0, 30.0, 0.0, 0.0]))
 
 
 def test_sustained_lag_is_busy_and_recovery_clears_it():

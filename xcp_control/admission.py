@@ -31,8 +31,11 @@ class LoopLag:
         self.lag = 0.0
 
     def observe(self, expected: float, now: float) -> None:
-        """A probe due at `expected` ran at `now`."""
-        self.lag += self._smoothing * (max(0.0, now - expected) - self.lag)
+        """A probe due at `expected` ran at `now`. One reading counts for at most
+        twice the limit: a single stall (the process was stopped, a long GC) is
+        not load, only lateness probe after probe is."""
+        late = min(max(0.0, now - expected), 2 * self.limit)
+        self.lag += self._smoothing * (late - self.lag)
 
     @property
     def busy(self) -> bool:
