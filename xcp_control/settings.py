@@ -55,7 +55,7 @@ class MasterSettings:
     watch_queue_size: int = 10_000  # events buffered per watcher before it must resync
     change_log_size: int = 100_000  # changes kept for Watch resume by token
     max_message_bytes: int = 4 * 1024 * 1024  # largest request the master accepts
-    shed_lag: float = 0.5  # seconds of (smoothed) event-loop lag above which new heartbeat streams get TOO_BUSY; 0 = never
+    shed_lag: float = 0.5  # loop lag (s) above which new heartbeat streams get TOO_BUSY; 0 = never
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
     # A second HOST:PORT, TLS without client certificates: callers name themselves
     # with a bearer token, load balancers check health with nothing; empty = none.

@@ -6,8 +6,8 @@ tested elsewhere (./scripts/pool by test_scripts_pool.py, ./scripts/test by
 CI, which runs it). Then the walk-through runs against a pool started with
 ./scripts/pool (secure, its default), on a free port with its own state dir:
 the only changes to the script are the master's addresses (for 127.0.0.1:7000 and,
-the token endpoint, 127.0.0.1:7001) and that state dir (for $PWD/.xcp/ and .xcp/), and it runs with none of the caller's
-XCP_* settings.
+the token endpoint, 127.0.0.1:7001) and that state dir (for $PWD/.xcp/ and .xcp/),
+and it runs with none of the caller's XCP_* settings.
 """
 
 from __future__ import annotations
