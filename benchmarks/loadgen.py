@@ -8,7 +8,7 @@ keepalive PINGs every 2 x interval like the real slave's channel
 carrying a Hello and then one lean Beat per interval (seq, memory_free, domains
 digest: no domain list), on a random phase so beats are spread over the
 interval. A broken stream reconnects with the real slave's policy
-(heartbeat.Reconnect: within 1 s when unreachable, up to 30 s when turned away),
+(heartbeat.Reconnect: within 1 s when unreachable, growing to 5 min when turned away),
 so a master restarting, or too busy to take new streams, sees the reconnects a
 pool of real slaves would make.
 
@@ -559,7 +559,7 @@ class Worker:
         # --old-reconnect: the slaves before the storm fix (BENCHMARKS.md), for A/B runs:
         # a Hello unanswered within 2 intervals, and no further backoff when turned away.
         self.hello_timeout = self.io_timeout if a.old_reconnect else hello_timeout(a.interval)
-        self.busy_cap = a.reconnect_cap if a.old_reconnect else BUSY_BACKOFF_CAP
+        self.busy_cap = a.reconnect_cap if a.old_reconnect else a.busy_cap
         self.open_rate = a.open_rate
         self.options = heartbeat_channel_options(a.interval) + [
             ("grpc.use_local_subchannel_pool", 1)]
@@ -658,7 +658,7 @@ class LoadGen:
                  goodbye: bool = True, report_sessions: bool = False,
                  reconnect_cap: float = 1.0, cpus: set[int] | None = common.LOAD_CPUS,
                  first_index: int = 0, keepalive: bool = True, client: str = "h2",
-                 old_reconnect: bool = False) -> None:
+                 old_reconnect: bool = False, busy_cap: float = BUSY_BACKOFF_CAP) -> None:
         check_loopback(master)
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be 1..{MAX_HOSTS}")
@@ -669,7 +669,7 @@ class LoadGen:
         self.interval, self.goodbye, self.report_sessions = interval, goodbye, report_sessions
         self.reconnect_cap, self.cpus, self.first_index = reconnect_cap, cpus, first_index
         self.keepalive = keepalive
-        self.old_reconnect = old_reconnect
+        self.old_reconnect, self.busy_cap = old_reconnect, busy_cap
         if client not in ("h2", "grpc"):
             raise ValueError("client must be h2 or grpc")
         self.client = client
@@ -695,7 +695,8 @@ class LoadGen:
                     "--first", str(first), "--last", str(first + count),
                     "--duration", str(self.duration), "--interval", str(self.interval),
                     "--open-rate", str(self.open_rate / self.procs),
-                    "--reconnect-cap", str(self.reconnect_cap), "--client", self.client]
+                    "--reconnect-cap", str(self.reconnect_cap), "--busy-cap", str(self.busy_cap),
+                    "--client", self.client]
             if not self.goodbye:
                 argv.append("--no-goodbye")
             if self.report_sessions:
@@ -798,6 +799,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",
                    help="h2: lean hand-rolled HTTP/2 (default, ~10x cheaper); grpc: grpc.aio")
     p.add_argument("--cpus", default="", help="pin workers to these cores, e.g. 1 or 0-1")
+    p.add_argument("--busy-cap", type=float, default=BUSY_BACKOFF_CAP,
+                   help="longest backoff after the master turned a host away (default: the "
+                        "slave's, %(default)s s)")
     p.add_argument("--old-reconnect", action="store_true",
                    help="reconnect as slaves did before the storm fix: Hello timeout 2 "
                         "intervals, backoff capped at --reconnect-cap even when turned away")
@@ -835,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = LoadGen(a.master, a.hosts, a.procs, a.duration, a.seed, a.open_rate, a.interval,
                   a.goodbye, reconnect_cap=a.reconnect_cap, cpus=_cpuset(a.cpus),
                   keepalive=not a.no_keepalive, client=a.client,
-                  old_reconnect=a.old_reconnect)
+                  old_reconnect=a.old_reconnect, busy_cap=a.busy_cap)
     print(f"# {common.machine_line()}; {common.load_note()}", flush=True)
     t0 = time.monotonic()
     gen.start()

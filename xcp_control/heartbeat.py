@@ -11,8 +11,8 @@ writes. A broken stream is retried with full-jitter exponential backoff
 be reached (restarting, partitioned) is retried within about one
 reconnect_cap, so its restart is absorbed in a second; a master that is up but
 turns us away (it sheds new streams while overloaded, or leaves the Hello
-unanswered) is given room, up to BUSY_BACKOFF_CAP, so that thousands of
-slaves do not keep a saturated master saturated with reconnects. `stop()` says
+unanswered) is given room, growing up to BUSY_BACKOFF_CAP, so that thousands
+of slaves do not keep a saturated master saturated with reconnects. `stop()` says
 Goodbye first, so the master marks the host down at once rather than at
 dead_after.
 
@@ -40,7 +40,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0  # seconds between beats until the master says otherwise
 BACKOFF_BASE = 0.1  # seconds: the first reconnect waits up to this long
-BUSY_BACKOFF_CAP = 30.0  # seconds: the longest wait after a master turned us away
+# Seconds: the longest wait after a master turned us away. Long on purpose: every
+# refused attempt costs a saturated master a connection (~4 ms of its core), so
+# thousands of waiting slaves must come back slowly for it to ever catch up; 30 s
+# kept 8,000 hosts from converging, 300 s let them in (BENCHMARKS.md). The
+# ceiling doubles from reconnect_cap, so a brief overload costs only seconds.
+BUSY_BACKOFF_CAP = 300.0
 HELLO_TIMEOUT_INTERVALS = 5  # a slow master is not a dead one: room for its Hello reply
 _MIN_INTERVAL, _MAX_INTERVAL = 0.01, 60.0  # bounds on what a master may ask for
 _MIN_IO_TIMEOUT = 0.5  # seconds: floor of the bound on a write
