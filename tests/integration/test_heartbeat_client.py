@@ -9,6 +9,7 @@ on the short backoff, so a restart is absorbed in a second."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import grpc
 
@@ -16,6 +17,7 @@ from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_g
 from xcp_control.errors import XcpError
 from xcp_control.heartbeat import HeartbeatClient, HostIdentity, Reconnect
 from xcp_control.hypervisor import SimulatedHypervisor
+from tests.support.processes import MasterProcess
 from xcp_control.serving import bind
 from xcp_control.transport import server_options
 
@@ -104,3 +106,17 @@ def test_an_unreachable_master_is_not_busy():
         policy = await failures_against(address, 1.0)
         assert len(policy.failures) >= 3 and not any(policy.failures), policy.failures
     asyncio.run(go())
+
+
+def test_a_frozen_master_is_unreachable_not_busy(tmp_path):
+    """A SIGSTOPped master accepts TCP (the kernel does) but never speaks HTTP/2:
+    the Hello cannot even be written, so it is "unreachable" and the slave keeps
+    retrying within a second, ready for the SIGCONT; growing the busy backoff
+    here would keep a whole pool away from a master that was only paused."""
+    with MasterProcess(tmp_path / "pool.db") as master:
+        master.kill(signal.SIGSTOP)
+        try:
+            policy = asyncio.run(failures_against(master.address, 5.0, interval=0.5))
+        finally:
+            master.kill(signal.SIGCONT)
+    assert policy.failures and not any(policy.failures), policy.failures
