@@ -12,10 +12,10 @@ from xcp_control.metrics import MetricsMirror
 from xcp.v1 import liveness_service_pb2 as pb, slave_service_pb2 as sl
 
 
-def sessions(world: World) -> tuple[HeartbeatSessions, list]:
+def sessions(world: World, loop_lag: LoopLag | None = None) -> tuple[HeartbeatSessions, list]:
     mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW, write_interval=30.0)
     hb = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW,
-                           wall_clock=lambda: 1.7e9)
+                           loop_lag=loop_lag, wall_clock=lambda: 1.7e9)
     reports: list = []
     hb.add_domains_listener(lambda host, domains: reports.append((host, list(domains))))
     return hb, reports
@@ -83,10 +83,7 @@ def test_only_the_newest_stream_speaks_for_a_host(tmp_path):
 def test_new_streams_are_refused_too_busy_while_the_loop_lags(tmp_path):
     async def body(world: World):
         lag = LoopLag(limit=0.5)
-        mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW,
-                               write_interval=30.0)
-        hb = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW,
-                               loop_lag=lag)
+        hb, _ = sessions(world, loop_lag=lag)
         hb.admit()  # a punctual loop admits
         for _ in range(5):
             lag.observe(expected=0.0, now=2.0)
