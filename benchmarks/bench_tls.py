@@ -64,7 +64,8 @@ from xcp.v1 import (  # noqa: E402
     vm_service_pb2 as vs,
     vm_service_pb2_grpc as vs_grpc,
 )
-from xcp_control import pki, tls  # noqa: E402
+from xcp_control.rpc import credentials  # noqa: E402
+from xcp_control.security import pki  # noqa: E402
 
 MODES = ("plain", "tls")
 GIB = 1024**3
@@ -129,8 +130,8 @@ def api_channel(address: str, mode: str, p: Pki) -> grpc.aio.Channel:
     """This benchmark's channel to a master: pool-admin certificate with TLS."""
     if mode == "plain":
         return common.aio_channel(address)
-    creds = tls.channel_credentials(p.tls, p.tls.client(ADMIN))
-    return grpc.aio.secure_channel(address, creds, options=common.CLIENT_OPTIONS + tls.to_master())
+    creds = credentials.channel_credentials(p.tls, p.tls.client(ADMIN))
+    return grpc.aio.secure_channel(address, creds, options=common.CLIENT_OPTIONS + credentials.to_master())
 
 
 def slave_channel(address: str, host_uuid: str, mode: str, tlsdir: pki.TlsDir | None):
@@ -139,9 +140,9 @@ def slave_channel(address: str, host_uuid: str, mode: str, tlsdir: pki.TlsDir | 
     opts = list(common.CLIENT_OPTIONS)
     if mode == "plain" or tlsdir is None:
         return grpc.aio.insecure_channel(address, options=opts)
-    creds = tls.channel_credentials(tlsdir, tlsdir.master())
+    creds = credentials.channel_credentials(tlsdir, tlsdir.master())
     return grpc.aio.secure_channel(address, creds,
-                                   options=opts + tls.expect_name(pki.host_dns_name(host_uuid)))
+                                   options=opts + credentials.expect_name(pki.host_dns_name(host_uuid)))
 
 
 @dataclass
@@ -261,9 +262,9 @@ async def _client_worker(a: argparse.Namespace) -> None:
     opts = [("grpc.use_local_subchannel_pool", 1)]
     if a.tls_dir:
         t = pki.TlsDir(a.tls_dir)
-        creds = tls.channel_credentials(t, t.identity(a.identity))
+        creds = credentials.channel_credentials(t, t.identity(a.identity))
         channel = grpc.aio.secure_channel(a.target, creds,
-                                          options=opts + tls.expect_name(a.server_name))
+                                          options=opts + credentials.expect_name(a.server_name))
     else:
         channel = grpc.aio.insecure_channel(a.target, options=opts)
     targets = a.targets.split(",")
@@ -440,8 +441,8 @@ async def _hb_worker(a: argparse.Namespace) -> None:
     SIGTERM or after `duration` s (Goodbye on every stream, bounded)."""
     import logging
 
-    from xcp_control.heartbeat import HeartbeatClient, HostIdentity
-    from xcp_control.hypervisor import SimulatedHypervisor
+    from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
+    from xcp_control.slave.hypervisor import SimulatedHypervisor
 
     logging.basicConfig(level=logging.ERROR)
     beats = [0]
@@ -479,7 +480,7 @@ async def _hb_worker(a: argparse.Namespace) -> None:
     for i, u in enumerate(uuids):
         if stop.is_set() or time.monotonic() > end:
             break
-        creds = tls.channel_credentials(tdir, tdir.host(u)) if tdir else None
+        creds = credentials.channel_credentials(tdir, tdir.host(u)) if tdir else None
         client = HeartbeatClient(a.target, HostIdentity(u, f"sim-{i}", "127.0.0.1:9"),
                                  CountingHypervisor(u, 256 * GIB), credentials=creds)
         clients.append(client)

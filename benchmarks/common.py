@@ -329,7 +329,7 @@ def install_sigterm_handler() -> None:
 # it is made in transport.py): `python -c PATCHED_MASTER '<json options>' ARGS...`.
 PATCHED_MASTER = """
 import json, sys
-from xcp_control import master
+from xcp_control.master import server as master
 extra = [tuple(o) for o in json.loads(sys.argv.pop(1))]
 original = master.server_options
 master.server_options = lambda *a, **k: original(*a, **k) + extra

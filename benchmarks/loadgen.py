@@ -65,10 +65,10 @@ import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc  # noqa: E402
-from xcp_control.heartbeat import (  # noqa: E402
+from xcp_control.slave.heartbeat import (  # noqa: E402
     BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
-from xcp_control.hypervisor import domains_digest  # noqa: E402
-from xcp_control.transport import heartbeat_channel_options  # noqa: E402
+from xcp_control.model import domains_digest  # noqa: E402
+from xcp_control.rpc.options import heartbeat_channel_options  # noqa: E402
 
 MAX_HOSTS = 50_000
 MAX_DURATION = 3_600.0

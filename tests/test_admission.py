@@ -2,7 +2,7 @@
 
 import pytest
 
-from xcp_control.admission import LoopLag
+from xcp_control.master.admission import LoopLag
 
 
 def probes(lag: LoopLag, lateness: list[float], tick: float = 0.1) -> list[bool]:

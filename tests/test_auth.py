@@ -2,8 +2,8 @@
 
 import pytest
 
-from xcp_control import pki
-from xcp_control.auth import Authoriser, Identity, TokenBook, master_policy, slave_policy
+from xcp_control.security import pki
+from xcp_control.security.auth import Authoriser, Identity, TokenBook, master_policy, slave_policy
 from xcp_control.errors import XcpError
 
 HOST = "0b5e7c8e-1111-4222-8333-444455556666"

@@ -21,7 +21,7 @@ from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs
 from cryptography import x509
 
-from xcp_control import auth, pki
+from xcp_control.security import auth, pki
 from xcp_control.cli import app, client, render
 from xcp_control.cli.client import CliError, classify
 from xcp_control.errors import XcpError

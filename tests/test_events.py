@@ -9,8 +9,9 @@ import uuid as uuid_module
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.events import EventHub, Sync, parse_classes
-from xcp_control.store import ADD, DEL, MOD, CLASSES, Change, Put, SqliteStore, copy
+from xcp_control.master.events import EventHub, Sync, parse_classes
+from xcp_control.master.store import ADD, DEL, MOD, CLASSES, Change, Put, SqliteStore
+from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2 as dm
 
 STEP = 5.0  # bound on any single wait; nothing here should come near it

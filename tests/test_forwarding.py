@@ -5,10 +5,10 @@ import asyncio
 import grpc
 import pytest
 
-from xcp_control import forwarding
+from xcp_control.master import forwarding
 from xcp_control.errors import XcpError
-from xcp_control.forwarding import ConnectFailed, Forwarder, translate
-from xcp_control.liveness import Liveness
+from xcp_control.master.forwarding import ConnectFailed, Forwarder, translate
+from xcp_control.master.liveness import Liveness
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 HOST = "0b5e7c8e-1111-4222-8333-444455556666"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.test_pool import NOW, World, new_uuid, run
-from xcp_control.admission import LoopLag
+from xcp_control.master.admission import LoopLag
 from xcp_control.errors import XcpError
-from xcp_control.heartbeats import HeartbeatSessions
-from xcp_control.metrics import MetricsMirror
+from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.host_metrics import MetricsMirror
 from xcp.v1 import liveness_service_pb2 as pb, slave_service_pb2 as sl
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from xcp.v1 import slave_service_pb2
 from xcp_control.errors import XcpError
-from xcp_control.hypervisor import (HALTED, PAUSED, RUNNING, DomainInfo, Hypervisor,
-                                    SimulatedHypervisor, domains_digest)
+from xcp_control.model import HALTED, PAUSED, RUNNING, domains_digest
+from xcp_control.slave.hypervisor import DomainInfo, Hypervisor, SimulatedHypervisor
 from xcp_control.settings import SlaveSettings
 
 HOST = "11111111-1111-4111-8111-111111111111"

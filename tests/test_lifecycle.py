@@ -8,9 +8,9 @@ import pytest
 
 from tests.test_pool import GIB, NOW, World, run
 from xcp_control.errors import XcpError
-from xcp_control.heartbeats import HeartbeatSessions
-from xcp_control.lifecycle import Lifecycle
-from xcp_control.metrics import MetricsMirror
+from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.lifecycle import Lifecycle
+from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.settings import OperationTimeouts
 from xcp.v1 import datamodel_pb2 as dm
 

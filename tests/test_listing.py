@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.test_pool import NOW, World, run
-from xcp_control.listing import HostListing
+from xcp_control.master.listing import HostListing
 
 
 def test_flips_refresh_one_entry_and_beats_refresh_once_a_second(tmp_path):

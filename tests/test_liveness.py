@@ -1,6 +1,6 @@
 """Every edge of the reaper, on a fake clock: no test here sleeps."""
 
-from xcp_control.liveness import Liveness
+from xcp_control.master.liveness import Liveness
 
 DEAD_AFTER = 3.0
 A, B = "host-a", "host-b"

@@ -1,7 +1,7 @@
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.locks import OperationLocks
+from xcp_control.master.locks import OperationLocks
 
 
 def test_second_operation_fails_at_once_naming_the_first():

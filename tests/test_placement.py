@@ -1,7 +1,7 @@
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.placement import Candidate, check_host, choose
+from xcp_control.master.placement import Candidate, check_host, choose
 
 GB = 1 << 30
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.listing import HostListing
-from xcp_control.liveness import Liveness
-from xcp_control.locks import OperationLocks
-from xcp_control.metrics import MetricsMirror
-from xcp_control.pool import Pool
-from xcp_control.store import Put, SqliteStore
+from xcp_control.master.listing import HostListing
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.locks import OperationLocks
+from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.pool import Pool
+from xcp_control.master.store import Put, SqliteStore
 from xcp.v1 import datamodel_pb2 as dm
 
 NOW = 1000.0  # the fixed monotonic reading every Liveness call uses

@@ -1,4 +1,4 @@
-from xcp_control.reconcile import plan
+from xcp_control.master.reconcile import plan
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 H, OTHER = "host-1", "host-2"

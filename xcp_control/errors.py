@@ -132,8 +132,77 @@ def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+# -- one constructor per reason -------------------------------------------------
+# Master and slave raise through these, so the same reason always carries the
+# same parameters, shaped the same way (values echoed back are truncated).
+
+SHOWN = 64  # longest client-supplied value echoed back in an error
+
+
+def host_offline(host: str) -> XcpError:
+    return XcpError("HOST_OFFLINE", host=host)
+
+
+def cannot_contact_host(host: str) -> XcpError:
+    return XcpError("CANNOT_CONTACT_HOST", host=host)
+
+
+def operation_timed_out(host: str, operation: str) -> XcpError:
+    return XcpError("OPERATION_TIMED_OUT", host=host, operation=operation)
+
+
+def handle_invalid(class_name: str, uuid: str) -> XcpError:
+    return XcpError("HANDLE_INVALID", **{"class": class_name}, uuid=str(uuid)[:SHOWN])
+
+
+def invalid_value(field: str, value: object) -> XcpError:
+    return XcpError("INVALID_VALUE", field=field, value=str(value)[:SHOWN])
+
+
+def vm_bad_power_state(vm: str, expected: str, actual: str) -> XcpError:
+    """`expected` and `actual` are PowerState names (model.state_name)."""
+    return XcpError("VM_BAD_POWER_STATE", vm=vm, expected=expected, actual=actual)
+
+
+def host_disabled(host: str) -> XcpError:
+    return XcpError("HOST_DISABLED", host=host)
+
+
+def host_not_enough_free_memory(vm: str, host: str) -> XcpError:
+    return XcpError("HOST_NOT_ENOUGH_FREE_MEMORY", vm=vm, host=host)
+
+
+def no_hosts_available(vm: str) -> XcpError:
+    return XcpError("NO_HOSTS_AVAILABLE", vm=vm)
+
+
+def other_operation_in_progress(class_name: str, uuid: str, operation: str) -> XcpError:
+    return XcpError("OTHER_OPERATION_IN_PROGRESS", **{"class": class_name}, uuid=uuid,
+                    operation=operation)
+
+
 def internal(detail: str) -> XcpError:
     return XcpError("INTERNAL_ERROR", detail=detail)
+
+
+def events_lost(token: str) -> XcpError:
+    return XcpError("EVENTS_LOST", token=str(token)[:SHOWN])
+
+
+def host_is_live(host: str) -> XcpError:
+    return XcpError("HOST_IS_LIVE", host=host)
+
+
+def session_authentication_failed(detail: str) -> XcpError:
+    return XcpError("SESSION_AUTHENTICATION_FAILED", detail=detail)
+
+
+def rbac_permission_denied(role: str, operation: str) -> XcpError:
+    return XcpError("RBAC_PERMISSION_DENIED", role=role, operation=operation)
+
+
+def too_busy(detail: str) -> XcpError:
+    return XcpError("TOO_BUSY", detail=detail)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:
@@ -153,7 +222,7 @@ UNDECODABLE = Undecodable()
 
 def _check_decoded(request: object) -> None:
     if request is UNDECODABLE:
-        raise XcpError("INVALID_VALUE", field="request", value="undecodable message bytes")
+        raise invalid_value("request", "undecodable message bytes")
 
 
 def _as_xcp_error(exc: Exception, method: str) -> XcpError:

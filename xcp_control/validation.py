@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid as uuid_module
 from typing import Mapping
 
-from xcp_control.errors import XcpError
+from xcp_control import errors
 from xcp.v1 import datamodel_pb2
 
 MAX_NAME = 255
@@ -15,11 +15,9 @@ MAX_PAGE = 100_000
 MAX_CONFIG_ENTRIES = 64
 MAX_CONFIG_KEY = 255
 MAX_CONFIG_VALUE = 4096
-_SHOWN = 64  # longest value echoed back in an error
 
 
-def invalid(field: str, value: object) -> XcpError:
-    return XcpError("INVALID_VALUE", field=field, value=str(value)[:_SHOWN])
+invalid = errors.invalid_value  # the one INVALID_VALUE constructor, under its local name
 
 
 def uuid(field: str, value: str) -> str:
@@ -61,5 +59,5 @@ def other_config(field: str, value: Mapping[str, str]) -> dict[str, str]:
         raise invalid(field, f"{len(value)} entries")
     for key, item in value.items():
         if not key or len(key) > MAX_CONFIG_KEY or len(item) > MAX_CONFIG_VALUE:
-            raise invalid(f"{field}.{key[:_SHOWN]}", item)
+            raise invalid(f"{field}.{key[:errors.SHOWN]}", item)
     return dict(value)

@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 import pytest
 
 from tests.support.processes import MasterProcess
-from xcp_control import pki
+from xcp_control.security import pki
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent

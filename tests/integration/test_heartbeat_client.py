@@ -15,11 +15,11 @@ import grpc
 
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc
 from xcp_control.errors import XcpError
-from xcp_control.heartbeat import HeartbeatClient, HostIdentity, Reconnect
-from xcp_control.hypervisor import SimulatedHypervisor
+from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity, Reconnect
+from xcp_control.slave.hypervisor import SimulatedHypervisor
 from tests.support.processes import MasterProcess
-from xcp_control.serving import bind
-from xcp_control.transport import server_options
+from xcp_control.rpc.server import bind
+from xcp_control.rpc.options import server_options
 
 HOST = HostIdentity("22222222-2222-4222-8222-222222222222", "h2", "127.0.0.1:5000")
 

@@ -36,8 +36,9 @@ from xcp.v1 import liveness_service_pb2_grpc as lpb_grpc
 from xcp.v1 import slave_service_pb2 as spb
 from xcp.v1 import slave_service_pb2_grpc as spb_grpc
 from xcp_control.errors import XcpError
-from xcp_control.hypervisor import DomainInfo, domains_digest
-from xcp_control.transport import server_options
+from xcp_control.model import domains_digest
+from xcp_control.slave.hypervisor import DomainInfo
+from xcp_control.rpc.options import server_options
 
 INTERVAL_MS = 200
 GiB = 1024**3

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from xcp_control import pki
+from xcp_control.security import pki
 from xcp_control.cli.client import API_ERROR, USAGE, CliError, looks_like_uuid
 
 DEFAULT_CLIENTS = (("admin", "pool-admin"), ("viewer", "read-only"), ("client", "client"))

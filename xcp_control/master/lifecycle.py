@@ -18,14 +18,16 @@ from typing import Callable, Iterator
 
 from google.protobuf.message import Message
 
-from xcp_control import placement, validation
+from xcp_control import validation
+
+from xcp_control.master import placement
 from xcp_control.errors import XcpError
-from xcp_control.forwarding import Forwarder
-from xcp_control.heartbeats import HeartbeatSessions
-from xcp_control.pool import Pool, bad_power_state, halted
-from xcp_control.reconcile import RESIDENT, Reconciler
+from xcp_control.master.forwarding import Forwarder
+from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.pool import Pool, bad_power_state
+from xcp_control.master.reconcile import RESIDENT, Reconciler
 from xcp_control.settings import OperationTimeouts
-from xcp_control.store import copy
+from xcp_control.model import copy, halted, state_names, with_state
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,6 @@ class VmOperation:
     method: str  # the SlaveService method forwarded to
     expected: tuple[int, ...]  # power states it may start from
     timeout: str  # the OperationTimeouts field that bounds it
-
-
-def _names(states: tuple[int, ...]) -> str:
-    return "|".join(dm.PowerState.Name(s) for s in states)
 
 
 class Lifecycle:
@@ -99,13 +97,13 @@ class Lifecycle:
         op = VmOperation("pause", "PauseDomain", (dm.RUNNING,), "pause")
         return await self._on_resident(
             uuid, op, lambda vm: sl.PauseDomainRequest(vm_uuid=vm.uuid),
-            lambda vm, host: _with_state(vm, dm.PAUSED), budget)
+            lambda vm, host: with_state(vm, dm.PAUSED), budget)
 
     async def unpause_vm(self, uuid: str, budget: float | None) -> dm.VM:
         op = VmOperation("unpause", "UnpauseDomain", (dm.PAUSED,), "pause")
         return await self._on_resident(
             uuid, op, lambda vm: sl.UnpauseDomainRequest(vm_uuid=vm.uuid),
-            lambda vm, host: _with_state(vm, dm.RUNNING), budget)
+            lambda vm, host: with_state(vm, dm.RUNNING), budget)
 
     async def _on_resident(self, uuid: str, op: VmOperation,
                            request: Callable[[dm.VM], Message],
@@ -124,7 +122,7 @@ class Lifecycle:
         with self._pool.locks.hold("vm", vm.uuid, op.name):
             vm = self._pool.vm(uuid)  # as it is now that we hold the lock
             if vm.power_state not in op.expected:
-                raise bad_power_state(vm, _names(op.expected))
+                raise bad_power_state(vm, state_names(op.expected))
             host, request = forward(vm)
             with self._reserve(host, vm.memory if op.name == "start" else 0):
                 await self._forwarder.call(host, op.method, request, operation=op.name,
@@ -212,9 +210,3 @@ class Lifecycle:
         await self._forwarder.call(host, "DestroyDomain", sl.DestroyDomainRequest(vm_uuid=vm),
                                    operation="destroy", timeout=self._timeouts.destroy,
                                    budget=None)
-
-
-def _with_state(vm: dm.VM, state: int) -> dm.VM:
-    out = copy(vm)
-    out.power_state = state
-    return out

@@ -25,13 +25,15 @@ import grpc
 
 from xcp.v1 import slave_service_pb2 as pb
 from xcp.v1 import slave_service_pb2_grpc as pb_grpc
-from xcp_control import auth, pki, tls
-from xcp_control.errors import XcpError, rpc_method
-from xcp_control.heartbeat import HeartbeatClient, HostIdentity
-from xcp_control.hypervisor import Hypervisor, SimulatedHypervisor
-from xcp_control.serving import DecodeGuard, PortInUse, add_standard_services, bind
+from xcp_control.rpc import credentials
+from xcp_control.security import auth, pki
+from xcp_control import errors
+from xcp_control.errors import rpc_method
+from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
+from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
+from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.settings import SettingsError, SlaveSettings
-from xcp_control.transport import server_options
+from xcp_control.rpc.options import server_options
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,9 @@ class StartupError(Exception):
 # -- SlaveService -------------------------------------------------------------
 
 
-def _invalid(field: str, value: object) -> XcpError:
-    return XcpError("INVALID_VALUE", field=field, value=value)
-
-
 def _vm_uuid(request) -> str:
     if not request.vm_uuid:
-        raise _invalid("vm_uuid", request.vm_uuid)
+        raise errors.invalid_value("vm_uuid", request.vm_uuid)
     return request.vm_uuid
 
 
@@ -69,9 +67,9 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
     async def StartDomain(self, request: pb.StartDomainRequest, context) -> pb.Domain:
         vm_uuid = _vm_uuid(request)
         if request.memory <= 0:
-            raise _invalid("memory", request.memory)
+            raise errors.invalid_value("memory", request.memory)
         if request.vcpus < 1:
-            raise _invalid("vcpus", request.vcpus)
+            raise errors.invalid_value("vcpus", request.vcpus)
         domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused)
         return domain.to_proto()
 
@@ -163,8 +161,8 @@ def _security(settings: SlaveSettings, host_uuid: str):
         raise StartupError(f"no certificate for host {host_uuid} in {settings.tls_dir}: "
                            f"issue one with `xcp cert-issue --kind host --name {host_uuid}`")
     guard = auth.AuthInterceptor(auth.Authoriser(None, auth.slave_policy))
-    return (tls.server_credentials(tlsdir, paths), [guard],
-            tls.channel_credentials(tlsdir, paths))
+    return (credentials.server_credentials(tlsdir, paths), [guard],
+            credentials.channel_credentials(tlsdir, paths))
 
 
 async def _start_server(settings: SlaveSettings, hypervisor: Hypervisor,

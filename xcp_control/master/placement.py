@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xcp_control.errors import XcpError
+from xcp_control import errors
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,11 @@ class Candidate:
 def check_host(vm: str, memory: int, host: Candidate) -> None:
     """The errors an explicit target host can give, in xapi's order."""
     if not host.live:
-        raise XcpError("HOST_OFFLINE", host=host.uuid)
+        raise errors.host_offline(host.uuid)
     if not host.enabled:
-        raise XcpError("HOST_DISABLED", host=host.uuid)
+        raise errors.host_disabled(host.uuid)
     if host.free_memory < memory:
-        raise XcpError("HOST_NOT_ENOUGH_FREE_MEMORY", vm=vm, host=host.uuid)
+        raise errors.host_not_enough_free_memory(vm, host.uuid)
 
 
 def choose(vm: str, memory: int, affinity: str, hosts: list[Candidate]) -> str:
@@ -38,7 +38,7 @@ def choose(vm: str, memory: int, affinity: str, hosts: list[Candidate]) -> str:
     one with the most free memory (ties by uuid, so the choice is stable)."""
     fits = [h for h in hosts if h.live and h.enabled and h.free_memory >= memory]
     if not fits:
-        raise XcpError("NO_HOSTS_AVAILABLE", vm=vm)
+        raise errors.no_hosts_available(vm)
     for host in fits:
         if host.uuid == affinity:
             return host.uuid

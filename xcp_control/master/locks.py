@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from xcp_control.errors import XcpError
+from xcp_control import errors
 
 
 class OperationLocks:
@@ -27,8 +27,7 @@ class OperationLocks:
         key = (class_name, uuid)
         running = self._running.get(key)
         if running is not None:
-            raise XcpError("OTHER_OPERATION_IN_PROGRESS", **{"class": class_name},
-                           uuid=uuid, operation=running)
+            raise errors.other_operation_in_progress(class_name, uuid, running)
         self._running[key] = operation
         try:
             yield

@@ -17,21 +17,25 @@ from typing import Callable
 
 import grpc
 
-from xcp_control import api, auth, pki, tls
-from xcp_control.admission import LoopLag, watch_loop_lag
-from xcp_control.events import EventHub
-from xcp_control.forwarding import Forwarder
-from xcp_control.heartbeats import HeartbeatSessions
-from xcp_control.lifecycle import Lifecycle
-from xcp_control.listing import HostListing
-from xcp_control.liveness import Liveness
-from xcp_control.locks import OperationLocks
-from xcp_control.metrics import MetricsMirror
-from xcp_control.pool import Pool
-from xcp_control.serving import DecodeGuard, add_standard_services, bind, service_name
+from xcp_control.master import api
+
+from xcp_control.rpc import credentials
+
+from xcp_control.security import auth, pki
+from xcp_control.master.admission import LoopLag, watch_loop_lag
+from xcp_control.master.events import EventHub
+from xcp_control.master.forwarding import Forwarder
+from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.lifecycle import Lifecycle
+from xcp_control.master.listing import HostListing
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.locks import OperationLocks
+from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.pool import Pool
+from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
 from xcp_control.settings import MasterSettings, SettingsError
-from xcp_control.store import SqliteStore
-from xcp_control.transport import server_options
+from xcp_control.master.store import SqliteStore
+from xcp_control.rpc.options import server_options
 from xcp.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -110,9 +114,9 @@ class Master:
             return None, [], None
         tlsdir = pki.TlsDir(self.settings.tls_dir)
         authoriser = auth.Authoriser(auth.TokenBook(tlsdir), auth.master_policy)
-        return (tls.server_credentials(tlsdir, tlsdir.master()),
+        return (credentials.server_credentials(tlsdir, tlsdir.master()),
                 [auth.AuthInterceptor(authoriser)],
-                tls.channel_credentials(tlsdir, tlsdir.master()))
+                credentials.channel_credentials(tlsdir, tlsdir.master()))
 
     def _bind_token_endpoint(self) -> str:
         """Bind the token endpoint, if asked for: the same services and the same
@@ -123,7 +127,7 @@ class Master:
             return ""
         tlsdir = pki.TlsDir(self.settings.tls_dir)
         return bind(self._server, self.settings.token_listen,
-                    tls.token_server_credentials(tlsdir, tlsdir.master()))
+                    credentials.token_server_credentials(tlsdir, tlsdir.master()))
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),

@@ -32,7 +32,8 @@ from typing import Callable, Iterable
 
 import grpc
 
-from xcp_control import pki
+from xcp_control.security import pki
+from xcp_control import errors
 from xcp_control.errors import XcpError, abort
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("caller
 
 
 def unauthenticated(detail: str) -> XcpError:
-    return XcpError("SESSION_AUTHENTICATION_FAILED", detail=detail)
+    return errors.session_authentication_failed(detail)
 
 
 def denied(identity: Identity, method: str) -> XcpError:
-    return XcpError("RBAC_PERMISSION_DENIED", role=identity.role, operation=method)
+    return errors.rbac_permission_denied(identity.role, method)
 
 
 class TokenBook:

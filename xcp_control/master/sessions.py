@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from xcp_control import validation
-from xcp_control.admission import LoopLag
-from xcp_control.auth import CALLER
-from xcp_control.errors import XcpError
-from xcp_control.liveness import Liveness
-from xcp_control.metrics import MetricsMirror
-from xcp_control.store import Put, Store, copy
+from xcp_control.master.admission import LoopLag
+from xcp_control.security.auth import CALLER
+from xcp_control import errors
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.store import Put, Store
+from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2, liveness_service_pb2 as pb, slave_service_pb2
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class HeartbeatSessions:
         loop lags, before any work is done for it (admission.py)."""
         lag = self._loop_lag
         if lag is not None and lag.busy:
-            raise XcpError("TOO_BUSY", detail=f"event loop {lag.lag:.2f}s behind: "
+            raise errors.too_busy(f"event loop {lag.lag:.2f}s behind: "
                                               f"no new heartbeat streams for now")
 
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
@@ -85,8 +86,7 @@ class HeartbeatSessions:
         caller = CALLER.get()
         if caller is not None and caller.name != host:
             log.warning("refused a heartbeat from %s claiming to be host %s", caller.name, host)
-            raise XcpError("RBAC_PERMISSION_DENIED", role=caller.role,
-                           operation=f"heartbeat as host {host}")
+            raise errors.rbac_permission_denied(caller.role, f"heartbeat as host {host}")
 
     def beat(self, session: Session, beat: pb.Beat) -> pb.HeartbeatResponse | None:
         """A beat; the answer, when the slave needs one."""

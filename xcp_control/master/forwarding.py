@@ -30,12 +30,13 @@ from typing import Callable
 import grpc
 from google.protobuf.message import Message
 
+from xcp_control import errors
 from xcp_control.errors import XcpError
-from xcp_control.liveness import Liveness
-from xcp_control.pki import host_dns_name
-from xcp_control.store import Store
-from xcp_control.tls import open_channel
-from xcp_control.transport import forwarding_channel_options
+from xcp_control.master.liveness import Liveness
+from xcp_control.security.pki import host_dns_name
+from xcp_control.master.store import Store
+from xcp_control.rpc.channels import open_channel
+from xcp_control.rpc.options import forwarding_channel_options
 from xcp.v1 import slave_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,10 @@ class Forwarder:
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
         if not self._liveness.is_live(host):
-            raise XcpError("HOST_OFFLINE", host=host)
+            raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
         if deadline <= 0:
-            raise XcpError("OPERATION_TIMED_OUT", host=host, operation=operation)
+            raise errors.operation_timed_out(host, operation)
         peer = self._peer(host)
         flight = _InFlight(asyncio.ensure_future(self._invoke(peer, method, request, deadline)))
         calls = self._in_flight.setdefault(host, set())
@@ -144,7 +145,7 @@ class Forwarder:
             return await flight.task
         except asyncio.CancelledError:
             if flight.offline:
-                raise XcpError("HOST_OFFLINE", host=host) from None
+                raise errors.host_offline(host) from None
             raise
         except grpc.RpcError as exc:
             raise translate(exc, host, operation) from exc
@@ -181,7 +182,7 @@ class Forwarder:
     def _peer(self, host: str) -> _Peer:
         record = self._store.get("host", host)
         if record is None:
-            raise XcpError("HANDLE_INVALID", **{"class": "host"}, uuid=host)
+            raise errors.handle_invalid("host", host)
         peer = self._peers.get(host)
         if peer is not None and peer.address == record.address:
             return peer

@@ -15,12 +15,12 @@ import grpc
 
 from xcp_control import validation
 from xcp_control.errors import rpc_method
-from xcp_control.events import EventHub, Sync
-from xcp_control.heartbeats import HeartbeatSessions
-from xcp_control.lifecycle import Lifecycle
-from xcp_control.listing import HostListing
-from xcp_control.pool import Pool
-from xcp_control.store import Change
+from xcp_control.master.events import EventHub, Sync
+from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.lifecycle import Lifecycle
+from xcp_control.master.listing import HostListing
+from xcp_control.master.pool import Pool
+from xcp_control.master.store import Change
 from xcp.v1 import (
     event_service_pb2 as ev,
     event_service_pb2_grpc,

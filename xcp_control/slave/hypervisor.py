@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from xcp.v1 import datamodel_pb2, slave_service_pb2
-from xcp_control.errors import XcpError
+from xcp_control import errors
+from xcp_control.model import HALTED, PAUSED, RUNNING, state_name, state_names
 
 if TYPE_CHECKING:
     from xcp_control.settings import SlaveSettings
 
 log = logging.getLogger(__name__)
 
-RUNNING = datamodel_pb2.RUNNING
-PAUSED = datamodel_pb2.PAUSED
-HALTED = datamodel_pb2.HALTED
 
 Listener = Callable[[], None]
 Sleep = Callable[[float], Awaitable[object]]
-
-
-def state_name(state: int) -> str:
-    """The PowerState name used in error metadata (e.g. "RUNNING")."""
-    return datamodel_pb2.PowerState.Name(state)
 
 
 @dataclass(frozen=True)
@@ -53,23 +45,6 @@ class DomainInfo:
     def to_proto(self) -> slave_service_pb2.Domain:
         return slave_service_pb2.Domain(vm_uuid=self.vm_uuid, state=self.state,
                                         memory=self.memory, vcpus=self.vcpus)
-
-
-class _HasUuidAndState(Protocol):
-    vm_uuid: str
-    state: int
-
-
-def domains_digest(domains: Iterable[_HasUuidAndState]) -> str:
-    """A short, stable digest of a domain list: equal for equal (vm_uuid, state)
-    sets whatever the order. Accepts DomainInfo or proto Domain alike, so the
-    master can compute the same value from the list it holds."""
-    lines = sorted(f"{d.vm_uuid}:{state_name(d.state)}" for d in domains)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def _handle_invalid(vm_uuid: str) -> XcpError:
-    return XcpError("HANDLE_INVALID", **{"class": "vm", "uuid": vm_uuid})
 
 
 class Hypervisor(abc.ABC):
@@ -202,12 +177,11 @@ class SimulatedHypervisor(Hypervisor):
         existing = self._domains.get(vm_uuid)
         if existing is not None:
             self._check_idle(existing)
-            raise XcpError("VM_BAD_POWER_STATE", vm=vm_uuid, expected=state_name(HALTED),
-                           actual=state_name(existing.state))
+            raise errors.vm_bad_power_state(vm_uuid, state_name(HALTED), state_name(existing.state))
         if not self._enabled:
-            raise XcpError("HOST_DISABLED", host=self.host_uuid)
+            raise errors.host_disabled(self.host_uuid)
         if memory > self.memory_free:
-            raise XcpError("HOST_NOT_ENOUGH_FREE_MEMORY", vm=vm_uuid, host=self.host_uuid)
+            raise errors.host_not_enough_free_memory(vm_uuid, self.host_uuid)
         domain = _Domain(vm_uuid, memory, vcpus, PAUSED if paused else RUNNING)
         self._domains[vm_uuid] = domain  # reserves the memory while it boots
         try:
@@ -291,21 +265,19 @@ class SimulatedHypervisor(Hypervisor):
     def _get(self, vm_uuid: str) -> _Domain:
         domain = self._domains.get(vm_uuid)
         if domain is None:
-            raise _handle_invalid(vm_uuid)
+            raise errors.handle_invalid("vm", vm_uuid)
         return domain
 
     @staticmethod
     def _check_idle(domain: _Domain) -> None:
         if domain.operation is not None:
-            raise XcpError("OTHER_OPERATION_IN_PROGRESS", **{
-                "class": "vm", "uuid": domain.vm_uuid, "operation": domain.operation})
+            raise errors.other_operation_in_progress("vm", domain.vm_uuid, domain.operation)
 
     @staticmethod
     def _require(domain: _Domain, *states: int) -> None:
         if domain.state not in states:
-            raise XcpError("VM_BAD_POWER_STATE", vm=domain.vm_uuid,
-                           expected="|".join(state_name(s) for s in states),
-                           actual=state_name(domain.state))
+            raise errors.vm_bad_power_state(domain.vm_uuid, state_names(states),
+                                            state_name(domain.state))
 
     async def _hold(self, domain: _Domain, operation: str, seconds: float) -> None:
         """Keep the domain busy with `operation` for `seconds`. A DestroyDomain
@@ -318,11 +290,11 @@ class SimulatedHypervisor(Hypervisor):
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if domain.destroyed and not (task and task.cancelling()):
-                raise _handle_invalid(domain.vm_uuid) from None
+                raise errors.handle_invalid("vm", domain.vm_uuid) from None
             raise
         finally:
             domain.waiter.cancel()  # no-op once done; stops the delay if we were cancelled
             domain.waiter = None
             domain.operation = None
         if domain.destroyed:
-            raise _handle_invalid(domain.vm_uuid)
+            raise errors.handle_invalid("vm", domain.vm_uuid)

@@ -15,8 +15,9 @@ from typing import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from xcp_control.liveness import Liveness
-from xcp_control.store import Put, Store, copy
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.store import Put, Store
+from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
 
-from xcp_control.errors import XcpError
-from xcp_control.store import ADD, CLASSES, Change, Store
+from xcp_control import errors
+from xcp_control.master.store import ADD, CLASSES, Change, Store
 
 SYNC = "sync"
 
@@ -94,7 +94,7 @@ class EventHub:
                 if change.generation > last:
                     last = change.generation
                     yield change
-            raise XcpError("EVENTS_LOST", token=self.token(last))
+            raise errors.events_lost(self.token(last))
         finally:
             self._subscriptions.discard(sub)
 
@@ -109,7 +109,7 @@ class EventHub:
         since = self.parse_token(token)
         changes = await self._store.changes_since(since)
         if changes is None:
-            raise XcpError("EVENTS_LOST", token=token)
+            raise errors.events_lost(token)
         last = max([since, *(c.generation for c in changes)])
         return [c for c in changes if c.class_name in wanted], last
 
@@ -121,9 +121,9 @@ class EventHub:
         of another database or from the future, INVALID_VALUE for garbage."""
         db_id, _, generation = token.partition(".")
         if not (generation.isascii() and generation.isdigit() and len(generation) <= 20):
-            raise XcpError("INVALID_VALUE", field="token", value=token[:64])
+            raise errors.invalid_value("token", token)
         if db_id != self._store.db_id or int(generation) > self._store.generation:
-            raise XcpError("EVENTS_LOST", token=token[:64])
+            raise errors.events_lost(token)
         return int(generation)
 
 
@@ -131,5 +131,5 @@ def parse_classes(classes: Iterable[str]) -> frozenset[str]:
     wanted = frozenset(classes) or frozenset(CLASSES)
     for name in wanted:
         if name not in CLASSES:
-            raise XcpError("INVALID_VALUE", field="classes", value=name[:64])
+            raise errors.invalid_value("classes", name)
     return wanted

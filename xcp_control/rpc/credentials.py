@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import grpc
 
-from xcp_control import pki
+from xcp_control.security import pki
 
-Options = list[tuple[str, int | str]]
+from xcp_control.rpc.options import Options
 
 
 def server_credentials(tls: pki.TlsDir, paths: pki.Paths) -> grpc.ServerCredentials:
@@ -45,16 +45,3 @@ def expect_name(name: str) -> Options:
 
 def to_master() -> Options:
     return expect_name(pki.MASTER_NAME)
-
-
-def to_host(host_uuid: str) -> Options:
-    return expect_name(pki.host_dns_name(host_uuid))
-
-
-def open_channel(target: str, options: Options, credentials: grpc.ChannelCredentials | None,
-                 server_name: str) -> grpc.aio.Channel:
-    """A channel to `target`: mutual TLS expecting `server_name` when
-    credentials are given, plaintext otherwise."""
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, credentials, options=options + expect_name(server_name))

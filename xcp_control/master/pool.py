@@ -8,31 +8,21 @@ import uuid as uuid_module
 from typing import Callable
 
 from xcp_control import validation
+from xcp_control import errors
 from xcp_control.errors import XcpError
-from xcp_control.liveness import Liveness
-from xcp_control.locks import OperationLocks
-from xcp_control.metrics import MetricsMirror
-from xcp_control.store import Delete, Put, Store, copy
+from xcp_control.model import halted, state_name
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.locks import OperationLocks
+from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.store import Delete, Put, Store
 from xcp.v1 import datamodel_pb2 as dm
 
 HALTED = dm.HALTED
 ForgetListener = Callable[[str], None]
 
 
-def _state_name(state: int) -> str:
-    return dm.PowerState.Name(state) if state in dm.PowerState.values() else str(state)
-
-
 def bad_power_state(vm: dm.VM, expected: str) -> XcpError:
-    return XcpError("VM_BAD_POWER_STATE", vm=vm.uuid, expected=expected,
-                    actual=_state_name(vm.power_state))
-
-
-def halted(vm: dm.VM) -> dm.VM:
-    """A copy of vm, HALTED and resident nowhere."""
-    out = copy(vm)
-    out.power_state, out.resident_on = HALTED, ""
-    return out
+    return errors.vm_bad_power_state(vm.uuid, expected, state_name(vm.power_state))
 
 
 class Pool:
@@ -55,7 +45,7 @@ class Pool:
         """The host, or HANDLE_INVALID (INVALID_VALUE for a malformed uuid)."""
         found = self.store.get("host", validation.uuid("uuid", uuid))
         if found is None:
-            raise XcpError("HANDLE_INVALID", **{"class": "host"}, uuid=uuid)
+            raise errors.handle_invalid("host", uuid)
         return found
 
     def metrics_of(self, host: dm.Host) -> dm.HostMetrics:
@@ -69,7 +59,7 @@ class Pool:
         """Remove a host that is not live; VMs it ran are HALTED."""
         host = self.host(uuid)
         if self.liveness.is_live(host.uuid):
-            raise XcpError("HOST_IS_LIVE", host=host.uuid)
+            raise errors.host_is_live(host.uuid)
         with self.locks.hold("host", host.uuid, "forget"):
             ops = [Put(halted(vm)) for vm in self.store.find("vm", "resident_on", host.uuid)]
             ops += [Delete("host_metrics", host.metrics), Delete("host", host.uuid)]
@@ -95,7 +85,7 @@ class Pool:
     def vm(self, uuid: str) -> dm.VM:
         found = self.store.get("vm", validation.uuid("uuid", uuid))
         if found is None:
-            raise XcpError("HANDLE_INVALID", **{"class": "vm"}, uuid=uuid)
+            raise errors.handle_invalid("vm", uuid)
         return found
 
     def list_vms(self, host: str, power_state: int, page_size: int = 0,

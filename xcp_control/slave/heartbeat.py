@@ -31,10 +31,11 @@ import grpc
 
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
-from xcp_control.hypervisor import DomainInfo, Hypervisor, domains_digest
-from xcp_control.pki import MASTER_NAME
-from xcp_control.tls import open_channel
-from xcp_control.transport import heartbeat_channel_options
+from xcp_control.model import domains_digest
+from xcp_control.slave.hypervisor import DomainInfo, Hypervisor
+from xcp_control.security.pki import MASTER_NAME
+from xcp_control.rpc.channels import open_channel
+from xcp_control.rpc.options import heartbeat_channel_options
 
 log = logging.getLogger(__name__)
 

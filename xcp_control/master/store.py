@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 from google.protobuf.message import Message
 
 from xcp.v1 import datamodel_pb2
+from xcp_control.model import copy
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,6 @@ class Change:
     class_name: str
     uuid: str
     obj: Message  # the value after the change; the last value for DEL
-
-
-def copy(obj: Message) -> Message:
-    """A private copy of a shared object, safe to change and put back."""
-    clone = type(obj)()
-    clone.CopyFrom(obj)
-    return clone
 
 
 class Store(ABC):

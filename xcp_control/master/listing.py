@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from xcp_control.liveness import Liveness
-from xcp_control.metrics import MetricsMirror
-from xcp_control.store import Change, Store
+from xcp_control.master.liveness import Liveness
+from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.store import Change, Store
 from xcp.v1 import datamodel_pb2 as dm, host_service_pb2 as hs
 
 HOST_CLASSES = ("host", "host_metrics")

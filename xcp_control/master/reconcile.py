@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
 from xcp_control.errors import XcpError
-from xcp_control.locks import OperationLocks
-from xcp_control.pool import halted
-from xcp_control.store import Put, Store, copy
+from xcp_control.master.locks import OperationLocks
+from xcp_control.master.store import Put, Store
+from xcp_control.model import copy, halted
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 RESIDENT = (dm.RUNNING, dm.PAUSED)

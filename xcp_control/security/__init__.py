@@ -1,0 +1,1 @@
+"""The pool CA and certificates (pki), and who may call what (auth)."""
