@@ -42,7 +42,8 @@ from common import (  # noqa: E402
 
 import grpc  # noqa: E402
 
-from xcp_control.master.store import Put, SqliteStore  # noqa: E402
+from xcp_control.master.store import Put  # noqa: E402
+from xcp_control.master.sqlite_store import SqliteStore  # noqa: E402
 from xcp.v1 import datamodel_pb2 as dm  # noqa: E402
 from xcp.v1 import vm_service_pb2 as vs  # noqa: E402
 from xcp.v1 import vm_service_pb2_grpc  # noqa: E402

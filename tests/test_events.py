@@ -10,7 +10,8 @@ import pytest
 
 from xcp_control.errors import XcpError
 from xcp_control.master.events import EventHub, Sync, parse_classes
-from xcp_control.master.store import ADD, DEL, MOD, CLASSES, Change, Put, SqliteStore
+from xcp_control.master.store import ADD, DEL, MOD, CLASSES, Change, Put
+from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2 as dm
 

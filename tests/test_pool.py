@@ -15,7 +15,8 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
-from xcp_control.master.store import Put, SqliteStore
+from xcp_control.master.store import Put
+from xcp_control.master.sqlite_store import SqliteStore
 from xcp.v1 import datamodel_pb2 as dm
 
 NOW = 1000.0  # the fixed monotonic reading every Liveness call uses

@@ -8,7 +8,8 @@ import uuid as uuid_module
 
 import pytest
 
-from xcp_control.master.store import ADD, DEL, MOD, Change, Delete, Put, SqliteStore
+from xcp_control.master.store import ADD, DEL, MOD, Change, Delete, Put
+from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2 as dm
 

@@ -34,7 +34,7 @@ from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
 from xcp_control.settings import MasterSettings, SettingsError
-from xcp_control.master.store import SqliteStore
+from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import server_options
 from xcp.v1 import (
     event_service_pb2,
