@@ -26,6 +26,7 @@ from xcp.v1 import event_service_pb2_grpc, host_service_pb2 as hs, host_service_
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 from xcp_control.cli.render import error_line
 from xcp_control.rpc import credentials
+from xcp_control.rpc.credentials import to_master  # `credentials` is also a parameter below
 from xcp_control.security import pki
 from xcp_control.errors import HOST_UNREACHABLE, error_info
 
@@ -133,7 +134,7 @@ class Connection:
             self.channel = grpc.insecure_channel(address, options=options)
         else:
             self.channel = grpc.secure_channel(address, credentials,
-                                               options=options + credentials.to_master())
+                                               options=options + to_master())
         self.channel.subscribe(self._on_state)
         self.hosts = host_service_pb2_grpc.HostServiceStub(self.channel)
         self.vms = vm_service_pb2_grpc.VMServiceStub(self.channel)
