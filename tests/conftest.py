@@ -7,7 +7,8 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-from tests.support.processes import MasterProcess, channel as open_channel
+from tests.support.clients import channel as open_channel
+from tests.support.daemons import MasterProcess
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from tests.fault.fault_helpers import (
-    CALL_TIMEOUT, Client, Lab, Outcome, Pending, SlaveProcess, settle, state_name,
-    wait_until)
+from tests.support.daemons import SlaveProcess
+from tests.support.lab import Lab
+from tests.support.observers import CALL_TIMEOUT, Client, Outcome, Pending, settle, state_name
+from tests.support.processes import wait_until
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs

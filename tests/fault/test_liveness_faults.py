@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.fault_helpers import Case, Lab, wait_until
+from tests.support.lab import Case, Lab
+from tests.support.processes import wait_until
 from xcp.v1 import event_service_pb2 as ev
 
 pytestmark = pytest.mark.timeout(120)

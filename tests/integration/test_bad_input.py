@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from tests.support.processes import channel as open_channel, stubs
+from tests.support.clients import channel as open_channel, stubs
 from xcp_control import validation
 from xcp_control.errors import CATALOGUE, DOMAIN, XcpError, error_info
 from xcp.v1 import datamodel_pb2 as dm

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.integration.pool_helpers import (
-    POOL_SCRIPT, REPO, PoolScript, client_env, session_pids, wait_until, xcp)
-from tests.support.processes import free_port, grpcurl_path
+from tests.support.clients import client_env, grpcurl_path, xcp
+from tests.support.pool_script import POOL_SCRIPT, PoolScript
+from tests.support.processes import free_port, REPO, session_pids, wait_until
 
 
 def hosts_live(pool: PoolScript) -> dict[str, bool]:
@@ -98,7 +98,7 @@ def test_port_in_use_is_refused(tmp_path):
             assert f"port {port} on 127.0.0.1 is in use" in second.text()
             no_process_left(second)
         finally:
-            second.kill()
+            second.kill_all()
         assert hosts_live(first) == {"host1": True}
 
 

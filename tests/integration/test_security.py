@@ -13,7 +13,8 @@ import pytest
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.processes import MasterProcess, grpcurl_path
+from tests.support.clients import grpcurl_path
+from tests.support.daemons import MasterProcess
 from xcp_control.security import pki
 from xcp_control.errors import error_info
 from xcp.v1 import host_service_pb2 as hs, host_service_pb2_grpc
