@@ -21,6 +21,8 @@ from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs
 from cryptography import x509
 
+from tests.support.fakes import FakeRpcError
+
 from xcp_control.security import auth, pki
 from xcp_control.cli import app, client, render
 from xcp_control.cli.client import CliError, classify
@@ -212,42 +214,6 @@ def test_event_line_quotes_odd_values():
 
 
 # -- errors and exit codes ---------------------------------------------------------------------
-
-
-class FakeRpcError(grpc.RpcError, grpc.Call):
-    """What a failed call raises, built from a status (no network)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, trailing=()) -> None:
-        self._code, self._details, self._trailing = code, details, tuple(trailing)
-
-    @classmethod
-    def of(cls, err: XcpError) -> "FakeRpcError":
-        status = err.to_status()
-        return cls(status.code, status.details, status.trailing_metadata)
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-    def trailing_metadata(self):
-        return self._trailing
-
-    def initial_metadata(self):
-        return ()
-
-    def is_active(self):
-        return False
-
-    def time_remaining(self):
-        return None
-
-    def cancel(self):
-        return False
-
-    def add_callback(self, callback):
-        return False
 
 
 @pytest.mark.parametrize("err, code, line", [
