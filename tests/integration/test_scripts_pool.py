@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.support.clients import client_env, grpcurl_path, xcp
+from tests.support.clients import client_env, run_grpcurl, xcp
 from tests.support.pool_script import POOL_SCRIPT, PoolScript
 from tests.support.processes import free_port, REPO, session_pids, wait_until
 
@@ -174,9 +174,7 @@ def run_shell(commands: list[str], timeout: float = 120) -> subprocess.Completed
 
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([grpcurl_path(), "-connect-timeout", "3", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return run_grpcurl("-connect-timeout", "3", *args, timeout=timeout)
 
 
 def test_secure_by_default(tmp_path):

@@ -100,7 +100,7 @@ def grpcurl_path() -> str:
 def run_grpcurl(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """`grpcurl ARGS` as given (text, captured, bounded by `timeout` seconds)."""
     return subprocess.run([grpcurl_path(), *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def grpcurl(address: str, *verb: str, flags: Sequence[str] = (), data: str | None = None,

@@ -124,8 +124,10 @@ class SlaveProcess(Proc):
         self.uuid, self.address = match["uuid"], match["addr"]
         return self
 
-    def log(self, tail: int = 40) -> str:
-        """The last `tail` lines of its stderr (its log), headed by its name."""
+    def log(self, tail: int | None = None) -> str:
+        """Its stderr (its log), or the last `tail` lines of it headed by its name."""
+        if tail is None:
+            return self.stderr_text()
         lines = self.stderr_text().splitlines()
         return f"--- {self.name} stderr (last {tail} lines)\n" + "\n".join(lines[-tail:])
 

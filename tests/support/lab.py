@@ -125,12 +125,12 @@ class Case:
             try:
                 master.client.wait_live(slave.uuid, True, timeout=10)
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{slave.log()}\n"
+                raise AssertionError(f"{exc}\n{slave.log(tail=40)}\n"
                                      f"{master.process.stderr_text()[-3000:]}") from None
         return slave
 
     def logs(self) -> str:
-        return "\n".join(s.log() for s, _ in self.slaves)
+        return "\n".join(s.log(tail=40) for s, _ in self.slaves)
 
     def diagnostics(self) -> str:
         masters = {id(m): m for _, m in self.slaves}.values()
