@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from benchmarks.loadgen import LoadGen  # noqa: E402
 
 INTERVAL, DEAD_AFTER, CONTACT = 1.0, 3.0, 2.0
@@ -53,12 +52,6 @@ RESULTS: dict[str, object] = {}
 
 def log(*args: object) -> None:
     print(*args, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- crash: SIGKILL -----------------------------------------------------------------

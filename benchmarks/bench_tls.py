@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -55,7 +54,7 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from xcp.v1 import (  # noqa: E402
     host_service_pb2 as hs,
     host_service_pb2_grpc as hs_grpc,
@@ -87,12 +86,6 @@ def reason(exc: BaseException) -> str:
         first = (exc.details() or "").split(" ")[0].rstrip(":")
         return first if first.isupper() and "_" in first else exc.code().name
     return type(exc).__name__
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- security: one pool CA for the run -------------------------------------------------
@@ -542,7 +535,7 @@ async def bench_ingest_one(work: Path, p: Pki, mode: str, hosts: int, uuids: Pat
             st = worker.poll()
             if st.get("up", 0) >= hosts:
                 break
-            if not worker.running() or time.monotonic() - t_start > open_limit:
+            if not worker.running or time.monotonic() - t_start > open_limit:
                 raise RuntimeError(f"ingest {mode} {hosts}: only {st.get('up')} of {hosts} up "
                                    f"after {time.monotonic() - t_start:.0f} s\n"
                                    f"{worker.stderr_text()[-2000:]}")

@@ -70,7 +70,8 @@ def hard_kill(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 @atexit.register
-def _kill_leftovers() -> None:
+def kill_leftovers() -> None:
+    """Kill every registered process that is still there (also run at exit)."""
     with _live_lock:
         leftovers = list(_live)
         _live.clear()
