@@ -581,14 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("trials 1..50, seconds (0, 120], concurrency 1..256")
     common.install_sigterm_handler()
     common.pin_self(common.LOAD_CPUS)
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    print_summary(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return common.finish(lambda: asyncio.run(main_async(a)), print_summary, a.json)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -469,14 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     common.install_sigterm_handler()
     common.raise_nofile()
     common.pin_self(common.LOAD_CPUS)
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    print_summary(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return common.finish(lambda: asyncio.run(main_async(a)), print_summary, a.json)
 
 
 if __name__ == "__main__":

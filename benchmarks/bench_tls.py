@@ -824,17 +824,17 @@ def main(argv: list[str] | None = None) -> int:
     watchdog = threading.Timer(a.budget + 120.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
     watchdog.daemon = True
     watchdog.start()
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        watchdog.cancel()
-    print_summary(results)
-    log(f"# {results['machine']}; start {results['start_load']}, end {results['end_load']}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    def run() -> dict:
+        try:
+            return asyncio.run(main_async(a))
+        finally:
+            watchdog.cancel()
+
+    def summary(results: dict) -> None:
+        print_summary(results)
+        log(f"# {results['machine']}; start {results['start_load']}, end {results['end_load']}")
+
+    return common.finish(run, summary, a.json)
 
 
 if __name__ == "__main__":

@@ -216,6 +216,23 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def finish(run: Callable[[], dict], summary: Callable[[dict], None],
+           json_path: str | None) -> int:
+    """A benchmark's exit status: `run()` gives its results, `summary` prints them and
+    `json_path` (if any) gets them as JSON; 130 when interrupted (SIGTERM, Ctrl-C:
+    the finally blocks and atexit hooks have stopped everything it started)."""
+    try:
+        results = run()
+    except KeyboardInterrupt:
+        return 130
+    summary(results)
+    if json_path:
+        import json
+
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
 # Runs xcp-master with extra grpc server options (a proposed fix measured before
 # it is made in transport.py): `python -c PATCHED_MASTER '<json options>' ARGS...`.
 PATCHED_MASTER = """
