@@ -1,4 +1,4 @@
-"""Shared fixtures. The logic lives in tests/support/processes.py."""
+"""Shared fixtures: masters for the tests that need one. The logic lives in tests/support/."""
 
 from __future__ import annotations
 

@@ -56,8 +56,9 @@ class MasterProcess(Proc):
         self.address = ""
 
     def start(self, timeout: float = START_TIMEOUT) -> "MasterProcess":
-        """Start (unless spawned already) and wait until it serves; ProcessStartError else."""
-        if not self.running:
+        """Start (unless spawned already: a spawned master that exited at once is
+        reported, not started again) and wait until it serves; ProcessStartError else."""
+        if self.proc is None:
             self.spawn()
         try:
             self.address = self.wait_line(LISTENING, timeout)
