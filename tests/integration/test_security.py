@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.clients import run_grpcurl
 from tests.support.daemons import MasterProcess, SlaveProcess
+from tests.support.pool import make_tls_dir
 from tests.support.processes import wait_until
 from xcp_control.security import pki
 from xcp_control.errors import error_info
@@ -27,11 +28,8 @@ GB = 1 << 30
 def pool(tmp_path_factory):
     """A TLS pool directory with a CA, the master's and clients' certificates."""
     root = tmp_path_factory.mktemp("secure")
-    tls = pki.TlsDir(root / "tls")
-    pki.create_ca(tls)
-    pki.issue(tls, tls.master(), "master", "master")
-    for name, kind in [("admin", "pool-admin"), ("viewer", "read-only"), ("anon", "client")]:
-        pki.issue(tls, tls.client(name), name, kind)
+    tls = make_tls_dir(root / "tls")  # master, admin, viewer (and client)
+    pki.issue(tls, tls.client("anon"), "anon", "client")
     with MasterProcess(root / "pool.db", log_dir=root,
                        extra_args=["--tls-dir", str(tls.path),
                                    "--token-listen", "127.0.0.1:0"]) as master:
