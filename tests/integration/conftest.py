@@ -1,4 +1,4 @@
-"""Shared fixtures: masters for the tests that need one. The logic lives in tests/support/."""
+"""Fixtures of the integration tests: real masters on loopback. The logic lives in tests/support/."""
 
 from __future__ import annotations
 
