@@ -177,7 +177,7 @@ class Proc:
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
         # A given environment is used as it is; the default one is this process's
         # without the XCP_* client settings.
-        self.env = child_env() if env is None else {"PYTHONUNBUFFERED": "1", **env}
+        self.environ = child_env() if env is None else {"PYTHONUNBUFFERED": "1", **env}
         self.cpus, self.exec_prefix, self.cwd = cpus, exec_prefix, cwd
         self.merge_stderr = merge_stderr
         self.proc: subprocess.Popen | None = None
@@ -200,7 +200,7 @@ class Proc:
         with os.fdopen(fd, "wb") as err:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT if self.merge_stderr else err, env=self.env,
+                stderr=subprocess.STDOUT if self.merge_stderr else err, env=self.environ,
                 cwd=self.cwd, text=True, errors="replace", start_new_session=True)
         register(self.proc)
         self.reader = LineReader(self.proc.stdout, f"{self.name}-{self.proc.pid}")
