@@ -295,7 +295,7 @@ def test_host_offline_is_fast_once_the_host_is_known_down(
 def beat_after(client: Client, host: str, wall: float) -> None:
     """Wait for a heartbeat of `host` that reached the master after `wall` (time.time())."""
     wait_until(lambda: client.metrics(host).last_updated.ToNanoseconds() / 1e9 > wall, 5,
-               f"a heartbeat of {host}", step=0.01)
+               f"a heartbeat of {host}", interval=0.01)
 
 
 def test_declare_dead_host_comes_back_and_its_stale_domain_is_destroyed(lab: Lab) -> None:

@@ -51,7 +51,7 @@ def sync_to_beat(client, host: str) -> float:
 
     before = beat()
     return wait_until(lambda: (b := beat()) != before and b, 3 * HB, "a heartbeat",
-                      step=0.005) / 1e9
+                      interval=0.005) / 1e9
 
 
 def test_sigkill_marks_host_not_live_at_once(lab: Lab, case: Case) -> None:
