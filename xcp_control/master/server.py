@@ -35,7 +35,7 @@ from xcp_control.master.pool import Pool
 from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
 from xcp_control.settings import MasterSettings, SettingsError
 from xcp_control.master.sqlite_store import SqliteStore
-from xcp_control.rpc.options import server_options
+from xcp_control.rpc.options import master_server_options
 from xcp.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -74,7 +74,7 @@ class Master:
         """Bind, open the database, serve; the bound HOST:PORT. Binding comes
         first so that a master refused its port touches no database file."""
         s = self.settings
-        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
+        self.liveness = Liveness(s.report_deadline, s.grace, started_at=self.clock())
         self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
@@ -83,7 +83,8 @@ class Master:
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
-                                          s.heartbeat_interval, self.clock, self.loop_lag)
+                                          s.heartbeat_interval, self.clock, self.loop_lag,
+                                          report_interval=s.report_interval)
         server_credentials, interceptors, channel_credentials = self._security()
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
                                    credentials=channel_credentials)
@@ -130,7 +131,9 @@ class Master:
                     credentials.token_server_credentials(tlsdir, tlsdir.master()))
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
-        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
+        s = self.settings
+        options = master_server_options(s.max_message_bytes, s.heartbeat_interval, s.ping_timeout)
+        server = grpc.aio.server(options=options,
                                  interceptors=[DecodeGuard(), *interceptors])
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
             api.HostServicer(self.pool, self.lifecycle, self.listing), server)
@@ -146,8 +149,9 @@ class Master:
         while True:
             await asyncio.sleep(self.settings.reaper_tick)
             for host in self.liveness.reap(self.clock()):
-                log.warning("host %s missed its heartbeats for %.1fs: not live",
-                            host, self.settings.dead_after)
+                log.warning("host %s missed its heartbeats (no report for %.1fs, though "
+                            "its connection answers PINGs): not live",
+                            host, self.settings.report_deadline)
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving. Hosts keep their stored liveness: the streams this ends
@@ -168,11 +172,14 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     p.add_argument("--listen", default=d.listen, help="HOST:PORT to serve on (default %(default)s)")
     p.add_argument("--db", default=d.db_path, help="SQLite pool database (default %(default)s)")
     p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval,
-                   metavar="S", help="seconds between heartbeats (default %(default)s)")
+                   metavar="S", help="seconds between the master's PINGs on each connection "
+                                     "(default %(default)s)")
     p.add_argument("--dead-after", type=float, default=d.dead_after, metavar="S",
                    help="seconds of silence before a host is not live (default %(default)s)")
     p.add_argument("--contact-timeout", type=float, default=d.contact_timeout, metavar="S",
                    help="longest wait for a silent host (default %(default)s)")
+    p.add_argument("--report-interval", type=float, default=d.report_interval, metavar="S",
+                   help="longest a slave goes between reports (default %(default)s)")
     p.add_argument("--startup-grace", type=float, default=None, metavar="S",
                    help="seconds hosts keep their stored state after start (default: dead-after)")
     p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
@@ -189,6 +196,7 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
+                          report_interval=a.report_interval,
                           startup_grace=a.startup_grace, tls_dir=a.tls_dir,
                           token_listen=a.token_listen, shed_lag=a.shed_lag)
 
