@@ -331,8 +331,8 @@ PATCHED_MASTER = """
 import json, sys
 from xcp_control.master import server as master
 extra = [tuple(o) for o in json.loads(sys.argv.pop(1))]
-original = master.server_options
-master.server_options = lambda *a, **k: original(*a, **k) + extra
+original = master.master_server_options
+master.master_server_options = lambda *a, **k: original(*a, **k) + extra
 sys.argv[0] = "xcp-master"
 sys.exit(master.main())
 """
@@ -352,7 +352,8 @@ class Master(Proc):
                  contact_timeout: float = 2.0, extra: Sequence[str] = (),
                  cpus: set[int] | None = MASTER_CPUS, log_level: str = "WARNING",
                  start_timeout: float = 30.0,
-                 server_options: Sequence[tuple[str, object]] = ()) -> None:
+                 server_options: Sequence[tuple[str, object]] = (),
+                 report_interval: float | None = None) -> None:
         self.db = Path(db)
         import json
 
@@ -361,6 +362,8 @@ class Master(Proc):
         argv = [*launcher, "--listen", listen, "--db", str(db),
                 "--heartbeat-interval", str(heartbeat_interval), "--dead-after", str(dead_after),
                 "--contact-timeout", str(contact_timeout), "--log-level", log_level, *extra]
+        if report_interval is not None:
+            argv += ["--report-interval", str(report_interval)]
         super().__init__(argv, "xcp-master", cpus=cpus)
         try:
             self.address = self.wait_line("xcp-master: listening on ", start_timeout)

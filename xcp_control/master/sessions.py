@@ -57,12 +57,18 @@ class HeartbeatSessions:
         self._wall = wall_clock
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
+        self._not_live_listeners: list[Callable[[str], None]] = []
         self._closing = False
         liveness.add_listener(self._on_flip)
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
         self._domain_listeners.append(listener)
+
+    def add_not_live_listener(self, listener: Callable[[str], None]) -> None:
+        """Call listener(host) whenever a host stops being live, for whatever
+        reason (stream ended, report backstop, DeclareDead)."""
+        self._not_live_listeners.append(listener)
 
     def admit(self) -> None:
         """A new stream is about to start: TOO_BUSY while the master's event
@@ -158,6 +164,8 @@ class HeartbeatSessions:
         beat ask for the full list, and reconciliation destroys stale domains."""
         if not live:
             self._digests.pop(host, None)
+            for listener in self._not_live_listeners:
+                listener(host)
 
     def request_domains(self, host: str) -> None:
         """Make the host send its full domain list with its next beat."""
