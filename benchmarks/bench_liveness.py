@@ -236,7 +236,10 @@ async def bench_restart(work: Path, trials: int, hosts: int = 100) -> dict:
 
 
 async def _list_hosts_loop(address: str, stop: asyncio.Event, latencies: list[float],
-                           errors: list[str], rate: float = 4.0) -> None:
+                           errors: list[str], rate: float = 4.0,
+                           slow: list | None = None) -> None:
+    """ListHosts `rate` times a second; calls over 50 ms also go to `slow` as
+    (monotonic start, seconds), to tell a one-off from a pattern."""
     from xcp.v1 import host_service_pb2 as hs, host_service_pb2_grpc as hs_grpc
 
     async with common.aio_channel(address) as ch:
@@ -246,6 +249,8 @@ async def _list_hosts_loop(address: str, stop: asyncio.Event, latencies: list[fl
             try:
                 await stub.ListHosts(hs.ListHostsRequest(), timeout=10)  # parsed, dropped
                 latencies.append(time.monotonic() - t0)
+                if slow is not None and latencies[-1] > 0.050:
+                    slow.append((t0, latencies[-1]))
             except Exception as exc:  # noqa: BLE001
                 errors.append(str(exc)[:200])
             with contextlib.suppress(asyncio.TimeoutError):
@@ -326,7 +331,9 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         stop = asyncio.Event()
         latencies: list[float] = []
         errors: list[str] = []
-        lister = asyncio.ensure_future(_list_hosts_loop(master.address, stop, latencies, errors))
+        slow: list = []
+        lister = asyncio.ensure_future(_list_hosts_loop(master.address, stop, latencies, errors,
+                                                        slow=slow))
         end = t0 + duration
         while time.monotonic() < end:
             await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
@@ -359,6 +366,7 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         "rss_kb_per_host": round((rss_max - idle_rss) / hosts / 1024, 1),
         "list_hosts_ms": {"n": lat.n, "p50": round(lat.median * 1000, 1),
                           "p99": round(lat.p99 * 1000, 1), "max": round(lat.high * 1000, 1)},
+        "list_slow_calls": [[round(t - t0, 1), round(d * 1000, 1)] for t, d in slow[:20]],
         "list_errors": len(errors), "false_deaths": false_deaths, "missed_log_lines": missed,
         "loadgen_cpu_pct": round(loadgen_cpu * 100, 1),
         "pings_answered_per_s": round((after["pings_in"] - before["pings_in"]) / elapsed),
