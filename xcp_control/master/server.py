@@ -32,7 +32,8 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
-from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
+from xcp_control.rpc.server import (LenientRegistration, add_standard_services, bind,
+                                    service_name)
 from xcp_control.settings import MasterSettings, SettingsError
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import master_server_options
@@ -133,14 +134,15 @@ class Master:
     def _build_server(self, interceptors) -> grpc.aio.Server:
         s = self.settings
         options = master_server_options(s.max_message_bytes, s.heartbeat_interval, s.ping_timeout)
-        server = grpc.aio.server(options=options,
-                                 interceptors=[DecodeGuard(), *interceptors])
+        # No interceptor unless TLS needs one: each costs every call (BENCHMARKS.md).
+        server = grpc.aio.server(options=options, interceptors=interceptors or None)
+        lenient = LenientRegistration(server)  # undecodable requests: INVALID_VALUE
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
-            api.HostServicer(self.pool, self.lifecycle, self.listing), server)
+            api.HostServicer(self.pool, self.lifecycle, self.listing), lenient)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
-            api.VMServicer(self.pool, self.lifecycle), server)
+            api.VMServicer(self.pool, self.lifecycle), lenient)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            api.EventServicer(self.hub), server)
+            api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
             api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
         return server
