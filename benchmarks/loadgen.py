@@ -87,8 +87,20 @@ def check_loopback(master: str) -> None:
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
     except OSError as exc:
         raise SystemExit(f"loadgen: cannot resolve {host}: {exc}") from None
-    if not all(ipaddress.ip_address(a).is_loopback for a in addrs):
-        raise SystemExit(f"loadgen: refusing a non-loopback master {master}")
+    if not all(ipaddress.ip_address(a).is_loopback or _is_local(a) for a in addrs):
+        raise SystemExit(f"loadgen: refusing a master not on this machine: {master}")
+
+
+def _is_local(address: str) -> bool:
+    """An address of this machine (the root side of a test host's veth, say):
+    traffic to it never leaves the machine. Only local addresses can be bound."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 # -- the worker: one process, many simulated hosts ---------------------------------
