@@ -65,8 +65,9 @@ import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc  # noqa: E402
-from xcp_control.slave.heartbeat import (  # noqa: E402
-    BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
+from xcp_control.slave.backoff import (  # noqa: E402
+    BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, turned_away)
+from xcp_control.slave.reports import next_tick  # noqa: E402
 from xcp_control.model import domains_digest  # noqa: E402
 from xcp_control.rpc.options import heartbeat_channel_options  # noqa: E402
 

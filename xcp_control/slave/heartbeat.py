@@ -35,12 +35,12 @@ from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
 from xcp_control.rpc.channels import open_channel
 from xcp_control.rpc.options import heartbeat_channel_options
 from xcp_control.security.pki import MASTER_NAME
-from xcp_control.slave.backoff import (  # noqa: F401 - re-exported for callers
-    BACKOFF_BASE, BUSY_BACKOFF_CAP, DEFAULT_INTERVAL, HELLO_TIMEOUT_INTERVALS, Backoff,
-    Reconnect, TurnedAway, hello_timeout, turned_away)
+from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, hello_timeout,
+                                       turned_away)
 from xcp_control.slave.hypervisor import Hypervisor
-from xcp_control.slave.reports import (  # noqa: F401 - re-exported for callers
-    BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy, next_tick)
+from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy
+
+__all__ = ["HeartbeatClient", "HostIdentity", "Reconnect", "StreamEnded"]
 
 log = logging.getLogger(__name__)
 
