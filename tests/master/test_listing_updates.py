@@ -4,6 +4,8 @@ answer; reports refresh only the hosts that sent them. Fake clock."""
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.test_pool import NOW, World, run
 from xcp_control.master.listing import HostListing
 from xcp_control.model import copy
@@ -60,4 +62,21 @@ def test_reports_refresh_only_their_hosts_once_per_refresh(tmp_path):
         assert answer.host_metrics[0].memory_free == 5
         assert answer.host_metrics[0].last_updated.seconds == 2_000
         assert answer.host_metrics[1].last_updated.seconds == 0  # b never reported
+    run(body, tmp_path)
+
+
+def test_a_rebuild_waits_for_changes_to_settle_then_no_call_pays_it(tmp_path):
+    async def body(w: World):
+        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW, settle=60.0)
+        rebuilds = counting(listing)
+        for name in ("a", "b", "c"):  # a burst of registrations
+            await w.add_host(name)
+        assert listing._stale and rebuilds == [0]
+        timer = listing._warm
+        assert timer is not None and timer.when() - asyncio.get_running_loop().time() > 50
+        listing._rebuild_if_stale()  # what the timer does once the burst has settled
+        assert rebuilds == [1] and not listing._stale
+        assert [h.name_label for h in listing.response().hosts] == ["a", "b", "c"]
+        assert rebuilds == [1]
+        timer.cancel()
     run(body, tmp_path)
