@@ -201,6 +201,7 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
         except asyncio.CancelledError:
             if asyncio.current_task() not in self._ending:
                 raise  # the client went away, or the server is stopping
+            asyncio.current_task().uncancel()  # handled: the stream ends with a status
             raise errors.host_offline(session.host) from None
         finally:
             self._ending.discard(asyncio.current_task())
