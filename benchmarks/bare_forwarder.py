@@ -35,8 +35,11 @@ class Bare(vs_grpc.VMServiceServicer):
         self._slave = slave
         self._store = store
 
-    async def _forward(self, call, request, state: int) -> dm.VM:
-        await call(request, timeout=10)
+    async def _forward(self, call, request, state: int, context) -> dm.VM:
+        try:
+            await call(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:  # the slave's own error, passed on as it is
+            await context.abort(exc.code(), exc.details(), exc.trailing_metadata())
         vm = dm.VM(uuid=request.vm_uuid, power_state=state)
         if self._store is not None:
             await self._store.put(vm)
@@ -44,11 +47,13 @@ class Bare(vs_grpc.VMServiceServicer):
 
     async def PauseVM(self, request, context):
         return await self._forward(self._slave.PauseDomain,
-                                   sl.PauseDomainRequest(vm_uuid=request.uuid), dm.PAUSED)
+                                   sl.PauseDomainRequest(vm_uuid=request.uuid), dm.PAUSED,
+                                   context)
 
     async def UnpauseVM(self, request, context):
         return await self._forward(self._slave.UnpauseDomain,
-                                   sl.UnpauseDomainRequest(vm_uuid=request.uuid), dm.RUNNING)
+                                   sl.UnpauseDomainRequest(vm_uuid=request.uuid), dm.RUNNING,
+                                   context)
 
 
 async def main(a: argparse.Namespace) -> None:

@@ -447,10 +447,14 @@ def _bare(slave: str, db: Path | None) -> _BareForwarder:
 
 
 async def bench_overhead(work: Path, seconds: float, concurrency: int,
-                         db_dir: str | None = None) -> dict:
+                         db_dir: str | None = None, baseline: str = "") -> dict:
     """`db_dir`: where the master's database lives (e.g. /dev/shm, to show what the
-    durable write of each state change costs)."""
+    durable write of each state change costs). `baseline`: a checkout of an older
+    commit whose master is measured too, side by side (an A/B of a change)."""
     master = Master(Path(db_dir or work) / f"overhead-{os.getpid()}.db")
+    base = base_slave = None
+    if baseline:
+        base = Master(Path(db_dir or work) / f"baseline-{os.getpid()}.db", tree=baseline)
     api = Api(master.address)
     slave = direct = None
     try:
@@ -464,6 +468,14 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
         direct = Slave(nobody, work / "direct-slave", name="direct", extra=opts)
         await common.wait_live(master.address, slave.uuid, True)
         vms = [await api.running_vm(slave.uuid, f"ovh-{i}") for i in range(concurrency)]
+        base_vms: list[str] = []
+        if base:
+            base_slave = Slave(base.address, work / "baseline-slave", name="baseline", extra=opts)
+            await common.wait_live(base.address, base_slave.uuid, True)
+            base_api = Api(base.address)
+            base_vms = [await base_api.running_vm(base_slave.uuid, f"base-{i}")
+                        for i in range(concurrency)]
+            await base_api.close()
         plain = grpc.aio.insecure_channel(direct.address)
         dstub = sl_grpc.SlaveServiceStub(plain)
         domains = [f"direct-{i}" for i in range(concurrency)]
@@ -480,6 +492,8 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
                 ("bare", "forwarded", bare.address, domains, bare),
                 ("bare+store", "forwarded", bare_db.address, domains, bare_db),
                 ("forwarded", "forwarded", master.address, vms, master))
+        if base:
+            runs = runs + (("baseline", "forwarded", base.address, base_vms, base),)
         try:
             for c in (1, concurrency):
                 for label, mode, target, names, server in runs:
@@ -508,10 +522,12 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
         return result
     finally:
         await api.close()
-        for p in (slave, direct):
+        for p in (slave, direct, base_slave):
             if p:
                 p.stop()
         master.stop()
+        if base:
+            base.stop()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{master.db}{suffix}")
@@ -584,7 +600,8 @@ async def main_async(a: argparse.Namespace) -> dict:
             results["inflight"] = await bench_inflight(work, a.inflight_trials)
         if "overhead" in sections:
             log("overhead:")
-            results["overhead"] = await bench_overhead(work, a.seconds, a.concurrency, a.db_dir)
+            results["overhead"] = await bench_overhead(work, a.seconds, a.concurrency, a.db_dir,
+                                                       a.baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -598,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offline-calls", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=10.0, help="per overhead run")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--baseline", default="", metavar="DIR",
+                   help="overhead: also measure the master of this checkout (an older commit)")
     p.add_argument("--db-dir", help="overhead: the master's database directory "
                    "(default: a temporary directory on disk; /dev/shm shows the fsync share)")
     p.add_argument("--json", help="also write the results here")

@@ -337,6 +337,15 @@ sys.argv[0] = "xcp-master"
 sys.exit(master.main())
 """
 
+# Runs the xcp-master of another checkout: `python -c TREE_MASTER DIR ARGS...`.
+TREE_MASTER = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+from xcp_control.master.server import main
+sys.argv[0] = "xcp-master"
+sys.exit(main())
+"""
+
 # The proposed fix: no BDP probing on the master's server. grpc answers nearly every
 # incoming heartbeat with a BDP-probe PING (and reads its ACK): half the master's
 # per-beat CPU. Heartbeat streams carry a few dozen bytes: nothing to estimate.
@@ -353,12 +362,14 @@ class Master(Proc):
                  cpus: set[int] | None = MASTER_CPUS, log_level: str = "WARNING",
                  start_timeout: float = 30.0,
                  server_options: Sequence[tuple[str, object]] = (),
-                 report_interval: float | None = None) -> None:
+                 report_interval: float | None = None, tree: str = "") -> None:
         self.db = Path(db)
         import json
 
         launcher = ([sys.executable, "-c", PATCHED_MASTER, json.dumps(list(server_options))]
                     if server_options else [str(MASTER_BIN)])
+        if tree:  # the master of another checkout (an A/B against an older commit)
+            launcher = [sys.executable, "-c", TREE_MASTER, tree]
         argv = [*launcher, "--listen", listen, "--db", str(db),
                 "--heartbeat-interval", str(heartbeat_interval), "--dead-after", str(dead_after),
                 "--contact-timeout", str(contact_timeout), "--log-level", log_level, *extra]
