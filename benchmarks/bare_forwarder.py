@@ -39,7 +39,7 @@ class Bare(vs_grpc.VMServiceServicer):
         try:
             await call(request, timeout=10)
         except grpc.aio.AioRpcError as exc:  # the slave's own error, passed on as it is
-            await context.abort(exc.code(), exc.details(), exc.trailing_metadata())
+            await context.abort(exc.code(), exc.details(), tuple(exc.trailing_metadata() or ()))
         vm = dm.VM(uuid=request.vm_uuid, power_state=state)
         if self._store is not None:
             await self._store.put(vm)
