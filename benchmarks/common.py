@@ -239,10 +239,19 @@ PATCHED_MASTER = """
 import json, sys
 from xcp_control.master import server as master
 extra = [tuple(o) for o in json.loads(sys.argv.pop(1))]
-original = master.server_options
-master.server_options = lambda *a, **k: original(*a, **k) + extra
+original = master.master_server_options
+master.master_server_options = lambda *a, **k: original(*a, **k) + extra
 sys.argv[0] = "xcp-master"
 sys.exit(master.main())
+"""
+
+# Runs the xcp-master of another checkout: `python -c TREE_MASTER DIR ARGS...`.
+TREE_MASTER = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+from xcp_control.master.server import main
+sys.argv[0] = "xcp-master"
+sys.exit(main())
 """
 
 # The proposed fix: no BDP probing on the master's server. grpc answers nearly every
@@ -260,13 +269,19 @@ class Master(daemons.MasterProcess):
                  contact_timeout: float = 2.0, extra: Sequence[str] = (),
                  cpus: set[int] | None = MASTER_CPUS, log_level: str = "WARNING",
                  start_timeout: float = 30.0,
-                 server_options: Sequence[tuple[str, object]] = ()) -> None:
+                 server_options: Sequence[tuple[str, object]] = (),
+                 report_interval: float | None = None, tree: str = "") -> None:
         import json
 
         self.db = Path(db)
         launcher = ([sys.executable, "-c", PATCHED_MASTER, json.dumps(list(server_options))]
                     if server_options else [])
-        settings = daemons.master_args(heartbeat_interval, dead_after, contact_timeout)
+        if tree:  # the master of another checkout (an A/B against an older commit)
+            launcher = [sys.executable, "-c", TREE_MASTER, tree]
+        settings = ["--heartbeat-interval", str(heartbeat_interval), "--dead-after",
+                    str(dead_after), "--contact-timeout", str(contact_timeout)]
+        if report_interval is not None:  # else the master's default (10 s)
+            settings += ["--report-interval", str(report_interval)]
         super().__init__(db, listen, extra_args=[*settings, "--log-level", log_level, *extra],
                          log_dir=RUN_DIR, cpus=cpus, launcher=launcher)
         self.start(start_timeout)

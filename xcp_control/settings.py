@@ -122,7 +122,29 @@ def parse_endpoint(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-# -- the settings ----------------------------------------------------------------
+# Liveness timing (README, "Timing"): the master's C-core PINGs every connection
+# heartbeat_interval after its last packet and closes it when the PING goes
+# unanswered for dead_after - heartbeat_interval; reports are the backstop.
+MIN_PING_TIMEOUT = 0.5  # s: a loaded peer's C-core may take a few hundred ms to answer
+REPORT_DEADLINE_INTERVALS = 3  # reports missed in a row before the backstop acts
+
+
+def _check_liveness_timing(s: "MasterSettings") -> None:
+    if s.ping_timeout < MIN_PING_TIMEOUT:
+        raise SettingsError(
+            f"dead_after ({s.dead_after}s) must be larger than heartbeat_interval "
+            f"({s.heartbeat_interval}s) by at least {MIN_PING_TIMEOUT}s: that difference is "
+            f"how long a PING may go unanswered, and a shorter one cuts healthy hosts")
+    if s.report_interval < s.heartbeat_interval:
+        raise SettingsError(
+            f"report_interval ({s.report_interval}s) must be at least heartbeat_interval "
+            f"({s.heartbeat_interval}s): PINGs already prove life that often, more frequent "
+            f"reports only cost the master")
+    if s.report_deadline < s.dead_after:
+        raise SettingsError(
+            f"{REPORT_DEADLINE_INTERVALS} x report_interval ({s.report_deadline}s) must be at least "
+            f"dead_after ({s.dead_after}s): the report backstop must not judge before "
+            f"the transport does")
 
 
 @dataclass(frozen=True)
@@ -145,10 +167,13 @@ class MasterSettings:
     listen: str = setting("127.0.0.1:7000", "HOST:PORT to serve on", metavar="HOST:PORT")
     db_path: str = setting("./xcp-pool.db", "SQLite file of the pool database", flag="--db",
                            metavar="PATH")
-    heartbeat_interval: float = setting(1.0, "seconds between a slave's beats (told to slaves)",
-                                        metavar="S")
+    heartbeat_interval: float = setting(2.0, "seconds between the master's PINGs on each "
+                                        "heartbeat connection", metavar="S")
     dead_after: float = setting(3.0, "seconds of silence before a host is marked not live",
                                 metavar="S")
+    report_interval: float = setting(10.0, "longest a slave goes between reports (told to "
+                                     "slaves); no report for 3 x this marks a host not live",
+                                     metavar="S")
     contact_timeout: float = setting(2.0, "longest a forwarded call waits for a silent host",
                                      metavar="S")
     startup_grace: float | None = setting(
@@ -179,6 +204,18 @@ class MasterSettings:
     def grace(self) -> float:
         return self.dead_after if self.startup_grace is None else self.startup_grace
 
+    @property
+    def ping_timeout(self) -> float:
+        """How long a PING may go unanswered: a PING goes out heartbeat_interval
+        after the last packet, so silence is caught exactly dead_after after it."""
+        return self.dead_after - self.heartbeat_interval
+
+    @property
+    def report_deadline(self) -> float:
+        """No report for this long marks a host not live (the backstop for a
+        slave whose C-core answers PINGs while its Python is stuck)."""
+        return REPORT_DEADLINE_INTERVALS * self.report_interval
+
     def validate(self) -> "MasterSettings":
         parse_endpoint(self.listen, "--listen")
         if self.token_listen:
@@ -186,13 +223,10 @@ class MasterSettings:
             if not self.tls_dir:
                 raise SettingsError("--token-listen needs --tls-dir: it is a TLS endpoint "
                                     "(without TLS every caller is trusted anyway)")
-        for name in ("heartbeat_interval", "dead_after", "contact_timeout", "reaper_tick",
-                     "metrics_write_interval"):
+        for name in ("heartbeat_interval", "dead_after", "report_interval", "contact_timeout",
+                     "reaper_tick", "metrics_write_interval"):
             _positive(name, getattr(self, name))
-        if self.dead_after <= self.heartbeat_interval:
-            raise SettingsError(
-                f"dead_after ({self.dead_after}s) must be larger than heartbeat_interval "
-                f"({self.heartbeat_interval}s): hosts would be marked dead between beats")
+        _check_liveness_timing(self)
         if self.shed_lag < 0:
             raise SettingsError(f"shed_lag must be >= 0, got {self.shed_lag}")
         if self.grace < 0:

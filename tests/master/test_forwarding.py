@@ -47,7 +47,7 @@ def test_catalogued_slave_error_passes_through_unchanged():
 
 
 def make_forwarder():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     forwarder = Forwarder(FakeStore(), liveness, contact_timeout=2.0, clock=lambda: 0.0)
     liveness.add_listener(forwarder.on_flip)
     return forwarder, liveness

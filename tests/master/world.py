@@ -59,7 +59,7 @@ def listed(world: World) -> list[tuple[dm.Host, dm.HostMetrics]]:
 def run(body, tmp_path):
     async def main():
         store = await SqliteStore(str(tmp_path / "pool.db")).open()
-        liveness = Liveness(dead_after=3.0, grace=0.0, started_at=NOW)
+        liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=NOW)
         mirror = MetricsMirror(store, liveness, clock=lambda: NOW, write_interval=30.0)
         liveness.add_listener(mirror.on_flip)
         locks = OperationLocks()

@@ -12,9 +12,10 @@ import pytest
 from tests.support.fakes import aio_rpc_error
 
 from xcp.v1 import liveness_service_pb2 as pb
-from xcp_control.slave.heartbeat import (BUSY_BACKOFF_CAP, Backoff, BeatComposer, DomainSnapshot,
-                                   HeartbeatClient, HostIdentity, Reconnect, TurnedAway,
-                                   hello_timeout, next_tick, turned_away)
+from xcp_control.slave.backoff import (BUSY_BACKOFF_CAP, Backoff, Reconnect, TurnedAway,
+                                       hello_timeout, turned_away)
+from xcp_control.slave.heartbeat import HeartbeatClient
+from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, next_tick
 from xcp_control.slave.hypervisor import PAUSED, RUNNING, DomainInfo, SimulatedHypervisor
 
 HOST = HostIdentity("11111111-1111-4111-8111-111111111111", "h1", "127.0.0.1:5000")

@@ -32,10 +32,16 @@ START_TIMEOUT = 20.0  # seconds; either daemon starts in < 1 s on an idle machin
 
 
 def master_args(heartbeat_interval: float = 1.0, dead_after: float = 3.0,
-                contact_timeout: float = 2.0) -> list[str]:
-    """The liveness flags of a master that notices a dead host within seconds."""
+                contact_timeout: float = 2.0, report_interval: float | None = None) -> list[str]:
+    """The liveness flags of a master that notices a dead host within seconds.
+    The fault tests judge silence from the master's record of the last report
+    (sync_to_beat, beat_after), so by default slaves report as often as the
+    settings allow (report_interval: at least the interval, and 3 of them at
+    least dead_after); a test of the 10 s default passes report_interval."""
+    if report_interval is None:
+        report_interval = max(heartbeat_interval, round(dead_after / 3 + 0.005, 2))
     return ["--heartbeat-interval", str(heartbeat_interval), "--dead-after", str(dead_after),
-            "--contact-timeout", str(contact_timeout)]
+            "--contact-timeout", str(contact_timeout), "--report-interval", str(report_interval)]
 
 
 class MasterProcess(Proc):

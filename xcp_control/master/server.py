@@ -31,11 +31,11 @@ from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.reconcile import Reconciler
-from xcp_control.rpc.server import (DecodeGuard, PortInUse, add_standard_services, bind,
-                                    service_name)
+from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
+                                    bind, service_name)
 from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
-from xcp_control.rpc.options import server_options
+from xcp_control.rpc.options import master_server_options
 from xcp.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -99,7 +99,7 @@ class Master:
     def _build(self, sec: security.Security) -> None:
         """Create the pieces; they know each other only through these arguments."""
         s = self.settings
-        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
+        self.liveness = Liveness(s.report_deadline, s.grace, started_at=self.clock())
         self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
@@ -108,7 +108,8 @@ class Master:
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
-                                          s.heartbeat_interval, self.clock, self.loop_lag)
+                                          s.heartbeat_interval, self.clock, self.loop_lag,
+                                          report_interval=s.report_interval)
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
                                    credentials=sec.channel_credentials)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
@@ -132,13 +133,15 @@ class Master:
         when step 2's write commits, like every other change.
 
         A store commit: the event hub publishes it to watchers, then ListHosts
-        learns whether its answer must be rebuilt.
+        learns whether its answer must be rebuilt. A report's figures (memory,
+        last beat) reach ListHosts within a second, never one write per beat.
         """
         for on_flip in (self.forwarder.on_flip, self.mirror.on_flip, self.sessions.on_flip,
                         self.lifecycle.on_flip, self.listing.on_flip):
             self.liveness.add_listener(on_flip)
         for on_commit in (self.hub.publish, self.listing.on_changes):
             self.store.add_listener(on_commit)
+        self.mirror.add_report_listener(self.listing.on_report)
         self.sessions.add_domains_listener(self.reconciler.on_domains)
         self.pool.add_forget_listener(self.forwarder.forget)
 
@@ -146,14 +149,17 @@ class Master:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
-        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
-                                 interceptors=[DecodeGuard(), *interceptors])
+        s = self.settings
+        options = master_server_options(s.max_message_bytes, s.heartbeat_interval, s.ping_timeout)
+        # No interceptor unless TLS needs one: each costs every call (BENCHMARKS.md).
+        server = grpc.aio.server(options=options, interceptors=interceptors or None)
+        lenient = LenientRegistration(server)  # undecodable requests: INVALID_VALUE
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
-            api.HostServicer(self.pool, self.lifecycle, self.listing), server)
+            api.HostServicer(self.pool, self.lifecycle, self.listing), lenient)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
-            api.VMServicer(self.pool, self.lifecycle), server)
+            api.VMServicer(self.pool, self.lifecycle), lenient)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            api.EventServicer(self.hub), server)
+            api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
             api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
         return server
@@ -162,8 +168,9 @@ class Master:
         while True:
             await asyncio.sleep(self.settings.reaper_tick)
             for host in self.liveness.reap(self.clock()):
-                log.warning("host %s missed its heartbeats for %.1fs: not live",
-                            host, self.settings.dead_after)
+                log.warning("host %s missed its heartbeats (no report for %.1fs, though "
+                            "its connection answers PINGs): not live",
+                            host, self.settings.report_deadline)
 
     async def stop(self, reason: str = "shutdown", grace: float = 1.0) -> None:
         """Stop serving. Hosts keep their stored liveness: the streams this ends

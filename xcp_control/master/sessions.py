@@ -1,8 +1,10 @@
-"""The master's side of heartbeat streams: registration, beats, goodbyes.
+"""The master's side of heartbeat streams: registration, reports, goodbyes.
 
 `HeartbeatSessions` holds the logic; the LivenessService servicer only moves
-messages. The per-beat path is kept lean (one dict move in Liveness, a digest
-comparison): at 10,000 hosts it runs 10,000 times a second.
+messages. Whether a host is silent is the transport's business (the master's
+gRPC core PINGs each connection, liveness.py); Python sees a host's reports
+only, one per report_interval or on a change, so the per-report path stays
+lean (one dict move in Liveness, a digest comparison).
 """
 
 from __future__ import annotations
@@ -42,21 +44,30 @@ class HeartbeatSessions:
     def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
                  interval: float, clock: Callable[[], float],
                  loop_lag: LoopLag | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 report_interval: float | None = None) -> None:
         self._store = store
         self._loop_lag = loop_lag
         self._liveness = liveness
         self._mirror = mirror
         self._interval_ms = int(interval * 1000)
+        # 0 tells the slave to report once per interval (the pre-PING protocol)
+        self._report_ms = int((report_interval or 0) * 1000)
         self._clock = clock
         self._wall = wall_clock
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
+        self._not_live_listeners: list[Callable[[str], None]] = []
         self._closing = False
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
         self._domain_listeners.append(listener)
+
+    def add_not_live_listener(self, listener: Callable[[str], None]) -> None:
+        """Call listener(host) whenever a host stops being live, for whatever
+        reason (stream ended, report backstop, DeclareDead)."""
+        self._not_live_listeners.append(listener)
 
     def admit(self) -> None:
         """A new stream is about to start: TOO_BUSY while the master's event
@@ -77,6 +88,7 @@ class HeartbeatSessions:
         self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                             report_interval_ms=self._report_ms,
                                              domains_ack=hello.domains_digest)
 
     @staticmethod
@@ -88,7 +100,7 @@ class HeartbeatSessions:
             raise errors.rbac_permission_denied(caller.role, f"heartbeat as host {host}")
 
     def beat(self, session: Session, beat: pb.Beat) -> pb.HeartbeatResponse | None:
-        """A beat; the answer, when the slave needs one."""
+        """A report; the answer, when the slave needs one."""
         if not self._liveness.is_current(session.host, session.stream):
             return None  # superseded by a newer stream; its end is near
         host = session.host
@@ -97,9 +109,11 @@ class HeartbeatSessions:
         if beat.domains_included:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                        report_interval_ms=self._report_ms,
                                         domains_ack=beat.domains_digest)
         if beat.domains_digest != self._digests.get(host):
-            return pb.HeartbeatResponse(interval_ms=self._interval_ms, send_domains=True)
+            return pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                        report_interval_ms=self._report_ms, send_domains=True)
         return None
 
     def close(self) -> None:
@@ -149,6 +163,8 @@ class HeartbeatSessions:
         beat ask for the full list, and reconciliation destroys stale domains."""
         if not live:
             self._digests.pop(host, None)
+            for listener in self._not_live_listeners:
+                listener(host)
 
     def request_domains(self, host: str) -> None:
         """Make the host send its full domain list with its next beat."""
