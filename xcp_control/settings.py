@@ -61,6 +61,11 @@ class MasterSettings:
     # with a bearer token, load balancers check health with nothing; empty = none.
     token_listen: str = ""
     timeouts: OperationTimeouts = field(default_factory=OperationTimeouts)  # per-operation budgets
+    # -- several masters on etcd (empty etcd: one master on SQLite at db_path) --
+    etcd: str = ""  # etcd client URLs, comma-separated (http://HOST:PORT,...); empty = SQLite
+    etcd_prefix: str = "/xcp"  # key prefix of this pool in etcd
+    advertise: str = ""  # API address other masters and slaves reach us at; empty = listen
+    lease_ttl: float = 2.0  # seconds of the leader's etcd lease (etcd's floor is 2)
 
     @property
     def grace(self) -> float:
@@ -88,14 +93,31 @@ class MasterSettings:
             raise SettingsError("watch_queue_size and change_log_size must be >= 1")
         for name, value in vars(self.timeouts).items():
             _positive(f"timeouts.{name}", value)
+        self._validate_ha()
         return self
+
+    def _validate_ha(self) -> None:
+        if self.advertise:
+            parse_endpoint(self.advertise, "--advertise")
+        if not self.etcd:
+            return
+        if not 1 <= self.lease_ttl <= 60:
+            raise SettingsError(f"lease_ttl must be within 1..60 s, got {self.lease_ttl}")
+        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.rstrip("/") == "":
+            raise SettingsError(f"--etcd-prefix must start with / and name something, "
+                                f"got {self.etcd_prefix!r}")
+        from xcp_control.master.etcd_client import EtcdUrlError, channel_target
+        try:
+            channel_target(self.etcd)
+        except (EtcdUrlError, OSError) as exc:
+            raise SettingsError(str(exc)) from None
 
 
 @dataclass(frozen=True)
 class SlaveSettings:
     """Everything `xcp-slave` needs; one instance per process."""
 
-    master: str = "127.0.0.1:7000"  # HOST:PORT of the master
+    master: str = "127.0.0.1:7000"  # HOST:PORT of the master; several, comma-separated, with HA
     listen: str = "127.0.0.1:0"  # HOST:PORT of SlaveService; port 0 picks a free one
     name: str = ""  # name_label of this host; empty = the state dir's name
     state_dir: str = "./xcp-slave"  # where the host uuid (and nothing else) persists
@@ -109,7 +131,8 @@ class SlaveSettings:
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
 
     def validate(self) -> "SlaveSettings":
-        parse_endpoint(self.master, "--master")
+        for master in self.master.split(","):
+            parse_endpoint(master.strip(), "--master")
         parse_endpoint(self.listen, "--listen")
         if self.advertise:
             parse_endpoint(self.advertise, "--advertise")

@@ -27,6 +27,7 @@ from xcp.v1 import (
     host_service_pb2 as hs,
     host_service_pb2_grpc,
     liveness_service_pb2_grpc,
+    pool_service_pb2_grpc,
     vm_service_pb2 as vs,
     vm_service_pb2_grpc,
 )
@@ -144,6 +145,17 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             yield to_event(item, self._hub)
 
 
+class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
+    """GetPool: answered by every master itself (who leads, which masters run)."""
+
+    def __init__(self, describe) -> None:
+        self._describe = describe
+
+    @rpc_method
+    async def GetPool(self, request, context):
+        return self._describe()
+
+
 class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
     """Heartbeat streams. A newer stream of a host supersedes (cancels) the older."""
 
@@ -180,6 +192,13 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
             self._sessions.end(session, goodbye)
             if self._streams.get(session.host) is asyncio.current_task():
                 del self._streams[session.host]
+
+    def drop_all(self) -> None:
+        """End every heartbeat stream (this master stopped leading): the
+        slaves reconnect and are sent to the new leader."""
+        for task in list(self._streams.values()):
+            if not task.done():
+                task.cancel()
 
     def _supersede(self, host: str) -> None:
         older = self._streams.get(host)

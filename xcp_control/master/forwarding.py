@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Time kept back from the client's deadline so that our answer, not its own
 # DEADLINE_EXCEEDED, reaches it.
 DEADLINE_MARGIN = 0.05
+# The leader's epoch on every call to a slave (several masters on etcd).
+EPOCH_HEADER = "xcp-epoch"
 
 
 def _cannot_contact(host: str, operation: str) -> XcpError:
@@ -118,8 +120,12 @@ class Forwarder:
 
     def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
                  clock: Callable[[], float],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 fence: Callable[[], int] | None = None) -> None:
         self._store = store
+        # Several masters: our epoch for every call (HOST_IS_SLAVE while we may
+        # not act), so a deposed leader sends no slave command at all.
+        self._fence = fence
         self._liveness = liveness
         self._contact_timeout = contact_timeout
         self._clock = clock
@@ -132,13 +138,15 @@ class Forwarder:
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
+        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
         if deadline <= 0:
             raise errors.operation_timed_out(host, operation)
         peer = self._peer(host)
-        flight = _InFlight(asyncio.ensure_future(self._invoke(peer, method, request, deadline)))
+        flight = _InFlight(asyncio.ensure_future(
+            self._invoke(peer, method, request, deadline, metadata)))
         calls = self._in_flight.setdefault(host, set())
         calls.add(flight)
         try:
@@ -153,11 +161,12 @@ class Forwarder:
             calls.discard(flight)
 
     async def _invoke(self, peer: _Peer, method: str, request: Message,
-                      deadline: float) -> Message:
+                      deadline: float, metadata) -> Message:
         started = self._clock()
         await self._connect(peer.channel, min(self._contact_timeout, deadline))
         remaining = deadline - (self._clock() - started)
-        return await getattr(peer.stub, method)(request, timeout=max(remaining, 0.001))
+        return await getattr(peer.stub, method)(request, timeout=max(remaining, 0.001),
+                                                metadata=metadata)
 
     async def _connect(self, channel: grpc.aio.Channel, budget: float) -> None:
         """Wait for a transport, at most `budget`; a refusal fails at once.

@@ -25,6 +25,7 @@ from xcp_control.security import auth, pki
 from xcp_control.master.admission import LoopLag, watch_loop_lag
 from xcp_control.master.events import EventHub
 from xcp_control.master.forwarding import Forwarder
+from xcp_control.master.ha import HaNode
 from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.listing import HostListing
@@ -37,12 +38,15 @@ from xcp_control.settings import MasterSettings, SettingsError
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import server_options
 from xcp.v1 import (
+    datamodel_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
     host_service_pb2,
     host_service_pb2_grpc,
     liveness_service_pb2,
     liveness_service_pb2_grpc,
+    pool_service_pb2,
+    pool_service_pb2_grpc,
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
@@ -54,6 +58,7 @@ SERVICES = [
     service_name(vm_service_pb2, "VMService"),
     service_name(event_service_pb2, "EventService"),
     service_name(liveness_service_pb2, "LivenessService"),
+    service_name(pool_service_pb2, "PoolService"),
 ]
 
 
@@ -64,7 +69,10 @@ class Master:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings.validate()
         self.clock = clock
-        self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
+        # -- HA hook: several masters on etcd (None: one master on SQLite) --
+        self.ha = HaNode.build(self.settings, clock)
+        self.store = self.ha.store if self.ha else SqliteStore(
+            settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
         self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
         self._server: grpc.aio.Server | None = None
@@ -86,23 +94,52 @@ class Master:
                                           s.heartbeat_interval, self.clock, self.loop_lag)
         server_credentials, interceptors, channel_credentials = self._security()
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
-                                   credentials=channel_credentials)
+                                   credentials=channel_credentials,
+                                   fence=self.ha.fence if self.ha else None)
+        if self.ha:  # -- HA hook: routing last, so authentication runs first --
+            self.sessions.gate = self.ha.fence
+            interceptors = [*interceptors, self.ha.router]
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
         self._server = self._build_server(interceptors)
         self.address = bind(self._server, s.listen, server_credentials)
         self.token_address = self._bind_token_endpoint()
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
+        if self.ha:  # -- HA hook: campaign; lead only once elected --
+            self.sessions.close()
+            self.ha.add_listener(self._on_leading)
+            self.ha.start(s.advertise or self.address)
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics"),
                        asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
                                                           s.reaper_tick), name="loop-lag")]
-        log.info("master listening on %s, database %s", self.address, s.db_path)
+        log.info("master listening on %s, database %s", self.address,
+                 f"etcd {s.etcd} {s.etcd_prefix}" if self.ha else s.db_path)
         if self.token_address:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
+
+    def _on_leading(self, acting: bool) -> None:
+        """HA hook: this master starts or stops acting as the pool's leader."""
+        if acting:
+            # A new leader gives every host the startup grace: no live host
+            # is marked dead by a failover.
+            self.liveness.restore(self._stored_liveness(), self.clock())
+            self.sessions.reopen()
+        else:
+            self.sessions.close()
+            self.liveness_servicer.drop_all()
+
+    def describe_pool(self):
+        pool = datamodel_pb2.Pool(uuid=self.store.db_id)
+        if self.ha:
+            self.ha.describe(pool)
+        else:
+            pool.master = self.settings.advertise or self.address
+            pool.masters.append(pool.master)
+        return pool
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
@@ -138,13 +175,21 @@ class Master:
             api.VMServicer(self.pool, self.lifecycle), server)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             api.EventServicer(self.hub), server)
+        self.liveness_servicer = api.LivenessServicer(self.sessions,
+                                                      hello_timeout=self.settings.dead_after)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
-            api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
+            self.liveness_servicer, server)
+        pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
+            api.PoolServicer(self.describe_pool), server)
         return server
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reaper_tick)
+            if self.ha:  # -- HA hook: only an acting leader judges hosts --
+                self.ha.tick()
+                if not self.ha.acting():
+                    continue
             for host in self.liveness.reap(self.clock()):
                 log.warning("host %s missed its heartbeats for %.1fs: not live",
                             host, self.settings.dead_after)
@@ -156,6 +201,8 @@ class Master:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ha:
+            await self.ha.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.forwarder.close()
@@ -183,6 +230,15 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     p.add_argument("--shed-lag", type=float, default=d.shed_lag, metavar="S",
                    help="refuse new heartbeat streams (TOO_BUSY) while the event loop lags "
                         "more than this; 0 never (default %(default)s)")
+    # -- several masters on etcd (DESIGN.md "Several masters") --
+    p.add_argument("--etcd", default=d.etcd, metavar="URL[,URL...]",
+                   help="etcd client URLs: several masters on etcd (default: SQLite at --db)")
+    p.add_argument("--etcd-prefix", default=d.etcd_prefix, metavar="P",
+                   help="key prefix of this pool in etcd (default %(default)s)")
+    p.add_argument("--advertise", default=d.advertise, metavar="HOST:PORT",
+                   help="API address others reach this master at (default: the bound address)")
+    p.add_argument("--lease-ttl", type=float, default=d.lease_ttl, metavar="S",
+                   help="seconds of the leader's etcd lease (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -190,7 +246,9 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
                           startup_grace=a.startup_grace, tls_dir=a.tls_dir,
-                          token_listen=a.token_listen, shed_lag=a.shed_lag)
+                          token_listen=a.token_listen, shed_lag=a.shed_lag,
+                          etcd=a.etcd, etcd_prefix=a.etcd_prefix, advertise=a.advertise,
+                          lease_ttl=a.lease_ttl)
 
 
 async def run(settings: MasterSettings) -> None:

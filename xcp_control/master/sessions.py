@@ -53,6 +53,9 @@ class HeartbeatSessions:
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
         self._closing = False
+        # With several masters: the epoch to answer a Hello with, or
+        # HOST_IS_SLAVE naming the leader when this master does not lead.
+        self.gate: Callable[[], int] | None = None
         liveness.add_listener(self._on_flip)
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
@@ -70,6 +73,7 @@ class HeartbeatSessions:
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
         """Register or update the host, then open its session."""
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
+        epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
         await self._register(host, hello)
         session = Session(host, self._liveness.attach(host))
@@ -78,7 +82,7 @@ class HeartbeatSessions:
         self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                             domains_ack=hello.domains_digest)
+                                             domains_ack=hello.domains_digest, epoch=epoch)
 
     @staticmethod
     def _check_caller(host: str) -> None:
@@ -104,8 +108,13 @@ class HeartbeatSessions:
         return None
 
     def close(self) -> None:
-        """The master is stopping: streams it ends say nothing of their hosts."""
+        """The master is stopping (or stopped leading): streams it ends say
+        nothing of their hosts."""
         self._closing = True
+
+    def reopen(self) -> None:
+        """This master leads (again): stream ends count once more."""
+        self._closing = False
 
     def end(self, session: Session, goodbye: bool) -> None:
         """The stream ended: the host is down at once, unless it has a newer one."""
