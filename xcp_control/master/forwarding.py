@@ -133,7 +133,6 @@ class Forwarder:
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
-        liveness.add_listener(self._on_flip)
 
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
@@ -207,7 +206,7 @@ class Forwarder:
         # Calls still on the old channel fail (CANCELLED: CANNOT_CONTACT_HOST).
         asyncio.ensure_future(peer.channel.close())
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         if live:
             return
         for flight in self._in_flight.get(host, ()):

@@ -56,7 +56,6 @@ class HeartbeatSessions:
         # With several masters: the epoch to answer a Hello with, or
         # HOST_IS_SLAVE naming the leader when this master does not lead.
         self.gate: Callable[[], int] | None = None
-        liveness.add_listener(self._on_flip)
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
@@ -108,8 +107,7 @@ class HeartbeatSessions:
         return None
 
     def close(self) -> None:
-        """The master is stopping (or stopped leading): streams it ends say
-        nothing of their hosts."""
+        """The master is stopping: streams it ends say nothing of their hosts."""
         self._closing = True
 
     def reopen(self) -> None:
@@ -151,7 +149,7 @@ class HeartbeatSessions:
             updated.address, updated.name_label = hello.address, name
             await self._store.put(updated)
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         """A host that was not live may come back on the stream it had (a host
         SIGSTOPped, or declared dead, then resumed): the master must not trust
         the domain list it held, since DeclareDead halted its VMs and they may
