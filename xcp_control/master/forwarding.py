@@ -137,15 +137,15 @@ class Forwarder:
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
-        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
+        if self._fence is not None:
+            self._fence()  # a master that may not act sends nothing (HOST_IS_SLAVE)
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
         if deadline <= 0:
             raise errors.operation_timed_out(host, operation)
         peer = self._peer(host)
-        flight = _InFlight(asyncio.ensure_future(
-            self._invoke(peer, method, request, deadline, metadata)))
+        flight = _InFlight(asyncio.ensure_future(self._invoke(peer, method, request, deadline)))
         calls = self._in_flight.setdefault(host, set())
         calls.add(flight)
         try:
@@ -160,10 +160,13 @@ class Forwarder:
             calls.discard(flight)
 
     async def _invoke(self, peer: _Peer, method: str, request: Message,
-                      deadline: float, metadata) -> Message:
+                      deadline: float) -> Message:
         started = self._clock()
         await self._connect(peer.channel, min(self._contact_timeout, deadline))
         remaining = deadline - (self._clock() - started)
+        # The epoch is read again after connecting: a term that ended while we
+        # waited for the transport sends nothing.
+        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
         return await getattr(peer.stub, method)(request, timeout=max(remaining, 0.001),
                                                 metadata=metadata)
 

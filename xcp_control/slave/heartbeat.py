@@ -26,9 +26,11 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 
+from xcp_control import errors
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
 from xcp_control.model import domains_digest
@@ -219,8 +221,13 @@ class HeartbeatClient:
                  reconnect_cap: float = DEFAULT_INTERVAL, interval: float = DEFAULT_INTERVAL,
                  rng: random.Random | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
-                 reconnect: Reconnect | None = None) -> None:
-        self.master = master
+                 reconnect: Reconnect | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
+        # Several masters (comma-separated): the one we talk to now; a follower
+        # names the leader (HOST_IS_SLAVE) and an unreachable one is skipped.
+        self.masters = [m.strip() for m in master.split(",") if m.strip()]
+        self.master = self.masters[0]
+        self._on_epoch = on_epoch
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -259,6 +266,9 @@ class HeartbeatClient:
                     await self._session()
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
+                    if self._redirect(exc):
+                        await self._sleep_unless_stopped(0.02)  # bounded: never a hot loop
+                        continue
                     if self.connected or not outage_logged:
                         log.info("heartbeat stream to master %s down (%s); reconnecting",
                                  self.master, _describe(exc))
@@ -380,8 +390,28 @@ class HeartbeatClient:
     async def _write(self, call, request: pb.HeartbeatRequest) -> None:
         await asyncio.wait_for(call.write(request), self._io_timeout)
 
+    def _redirect(self, exc: BaseException) -> bool:
+        """After a failed attempt with several masters: go to the leader a
+        follower named (True: at once), or else try the next master."""
+        if len(self.masters) < 2:
+            return False
+        info = errors.XcpError.from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else None
+        if info is not None and info.reason == "HOST_IS_SLAVE" and info.params["master"] \
+                and info.params["master"] != self.master:
+            log.info("master %s is a follower: going to the leader %s", self.master,
+                     info.params["master"])
+            self.master = info.params["master"]
+            return True
+        self.master = self.masters[(self._index(self.master) + 1) % len(self.masters)]
+        return False
+
+    def _index(self, master: str) -> int:
+        return self.masters.index(master) if master in self.masters else -1
+
     def _apply(self, composer: BeatComposer, response: pb.HeartbeatResponse) -> None:
         composer.on_response(response)
+        if response.epoch and self._on_epoch is not None:
+            self._on_epoch(response.epoch)
         if response.interval_ms > 0:
             self._interval = min(max(response.interval_ms / 1000, _MIN_INTERVAL), _MAX_INTERVAL)
 
