@@ -21,7 +21,7 @@ from tests.support.processes import MasterProcess
 from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc
 
 
-def get_pool(address: str, timeout: float = 1.0) -> pool_service_pb2.datamodel__pb2.Pool | None:
+def get_pool(address: str, timeout: float = 1.0):
     """The pool as the master at `address` sees it; None if it does not answer."""
     with contextlib.closing(grpc.insecure_channel(address)) as ch:
         try:

@@ -250,7 +250,8 @@ class EtcdStore(Store):
                         break
                     await self._take(response)
             except grpc.RpcError as exc:
-                log.warning("etcd watch failed (%s); reconnecting", exc.code())
+                if self.watch_ok:  # once per outage
+                    log.warning("etcd watch failed (%s); reconnecting", exc.code())
             self.watch_ok = False
             await asyncio.sleep(0.2)
 

@@ -101,6 +101,10 @@ class Term:
         """Tell listeners when acting starts or stops (called often: a lease
         running out is noticed here, not only by the next call)."""
         acting = self.acting(now)
+        if not acting and self.leader == self.me:
+            # We are not acting however long our key may still live in etcd:
+            # as far as anyone asking here should know, no one leads.
+            self.leader, self.epoch, self._mine = "", 0, 0
         if acting != self._acting:
             self._acting = acting
             log.warning("this master %s", f"leads the pool, epoch {self._mine}" if acting
@@ -128,13 +132,17 @@ class Campaign:
 
     async def run(self) -> None:
         """Until cancelled: hold a lease, campaign when no one leads, renew."""
+        outage = False
         while True:
             try:
                 await self._grant()
                 await self._read_state()
+                outage = False
                 await self._hold()
             except grpc.RpcError as exc:
-                log.warning("etcd unreachable for the election (%s)", exc.code())
+                if not outage:  # once per outage, not ten times a second
+                    log.warning("etcd unreachable for the election (%s)", exc.code())
+                outage = True
             self._term.tick(self._clock())
             await asyncio.sleep(0.1)
 

@@ -171,8 +171,10 @@ class Router(grpc.aio.ServerInterceptor):
 
             async def stream(request, context):
                 try:
-                    async for item in call(request, timeout=context.time_remaining(),
-                                           metadata=outgoing(context)):
+                    outbound = call(request, timeout=context.time_remaining(),
+                                    metadata=outgoing(context))
+                    await _relay_headers(context, outbound)
+                    async for item in outbound:
                         yield item
                 except grpc.aio.AioRpcError as exc:
                     await _relay(context, exc, leader)
@@ -184,12 +186,22 @@ class Router(grpc.aio.ServerInterceptor):
 
         async def unary(request, context):
             try:
-                return await unary_call(request, timeout=context.time_remaining(),
-                                        metadata=outgoing(context))
+                outbound = unary_call(request, timeout=context.time_remaining(),
+                                      metadata=outgoing(context))
+                await _relay_headers(context, outbound)
+                return await outbound
             except grpc.aio.AioRpcError as exc:
                 await _relay(context, exc, leader)
         return grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=_identity, response_serializer=_identity)
+
+
+async def _relay_headers(context, outbound) -> None:
+    """The leader's response headers (e.g. xcp-stale), to our caller."""
+    headers = [(k, v) for k, v in (await outbound.initial_metadata() or ())
+               if not k.startswith(_HOP_HEADERS)]
+    if headers:
+        await context.send_initial_metadata(headers)
 
 
 async def _relay(context, exc: grpc.aio.AioRpcError, leader: str) -> None:
@@ -198,7 +210,8 @@ async def _relay(context, exc: grpc.aio.AioRpcError, leader: str) -> None:
     if errors.XcpError.from_rpc_error(exc) is None and exc.code() in (
             grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         await errors.abort(context, errors.host_is_slave(leader))
-    await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+    trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()))
+    await context.abort(exc.code(), exc.details() or "", trailing)
 
 
 async def _stale_header(context) -> None:
