@@ -15,13 +15,13 @@ one stops answering.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from typing import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 import grpc
 from aetcd import rpc
+
+from xcp_control.rpc.channels import resolve
 
 # Longest a single unary etcd call may take before the caller retries.
 CALL_TIMEOUT = 1.0
@@ -56,21 +56,11 @@ def channel_target(urls: str) -> str:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise EtcdUrlError(f"--etcd wants http://HOST:PORT URLs, got {url!r}")
-        addresses.extend(_resolve(parts.hostname, parts.port))
+        addresses.extend(resolve(parts.hostname, parts.port))
     if not addresses:
         raise EtcdUrlError("--etcd names no member")
-    family = "ipv6" if all(":" in a.rsplit(":", 1)[0] for a in addresses) else "ipv4"
+    family = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
     return f"{family}:" + ",".join(addresses)
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    try:
-        ip = ipaddress.ip_address(host)
-        return [f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"]
-    except ValueError:
-        pass
-    infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    return sorted({f"{info[4][0]}:{port}" for info in infos})
 
 
 def prefix_end(prefix: bytes) -> bytes:
