@@ -189,3 +189,25 @@ def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_p
             assert get_pool(leader).master == leader  # no failover of the masters
             listed = {v.uuid for v in s.vms.ListVMs(vs.ListVMsRequest(), timeout=5).vms}
             assert set(created) <= listed
+
+
+def test_the_cli_and_the_node_client_move_past_a_master_that_is_down(pool):
+    from tests.integration.pool_helpers import NODE_DIR, node_or_skip, xcp
+    from tests.support.processes import free_port
+
+    leader = pool.wait_leader()
+    pool.by_address(leader).kill(signal.SIGKILL)  # the first address named is dead
+    new_leader = pool.wait_leader(exclude=(leader,))
+    masters = ",".join([leader, f"127.0.0.1:{free_port()}",
+                        *(m.address for m in pool.followers(""))])
+    result = xcp("vm-create", "from-the-cli", "--memory", "64M", master=masters, timeout=30)
+    assert result.returncode == 0, result.stderr
+    uuid = result.stdout.strip()
+    node = node_or_skip()
+    env = dict(__import__("os").environ, XCP_MASTER=masters)
+    got = __import__("subprocess").run(
+        [node, str(NODE_DIR / "xcp-client.js"), "get-vm", uuid], capture_output=True,
+        text=True, timeout=60, env=env)
+    assert got.returncode == 0, got.stderr
+    assert "from-the-cli" in got.stdout
+    assert new_leader

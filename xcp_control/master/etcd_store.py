@@ -46,6 +46,7 @@ PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 PAGE = 2000  # objects per page of the initial load
+WRITE_ATTEMPTS = 3  # tries of one transaction whose outcome etcd did not tell
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
 
 KeyListener = Callable[[bytes, bytes | None, int], None]  # key, value (None: deleted), revision
@@ -390,19 +391,27 @@ class EtcdStore(Store):
                     if not job.future.done():
                         job.future.set_result(changes)
 
+    async def _txn(self, requests: list) -> "ec.rpc.TxnResponse":
+        """The guarded transaction, retried while we may still act: a request
+        in flight when etcd's raft leader dies hangs until its deadline
+        (ETCD-FACTS.md), and one member lost must change nothing for clients.
+        Retrying is safe: the same puts and deletes give the same state."""
+        for attempt in range(WRITE_ATTEMPTS):
+            epoch = self._fence()
+            try:
+                return await self.client.txn([ec.create_revision_is(self.keys.leader, epoch)],
+                                             requests)
+            except grpc.RpcError as exc:
+                log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt + 1)
+        # Unknown outcome: the caller is not told it is durable. The watch
+        # brings the value in if etcd applied it after all.
+        raise errors.host_is_slave("")
+
     async def _write(self, batch: list[_Job]) -> list[list[Change]]:
-        epoch = self._fence()
         requests = [r for job in batch for r in job.requests]
-        try:
-            reply = await self.client.txn([ec.create_revision_is(self.keys.leader, epoch)],
-                                          requests)
-        except grpc.RpcError as exc:
-            # Unknown outcome: the caller is not told it is durable. The watch
-            # brings the value in if etcd applied it after all.
-            log.warning("etcd write failed (%s)", exc.code())
-            raise errors.host_is_slave("") from None
+        reply = await self._txn(requests)
         if not reply.succeeded:
-            log.warning("etcd refused a write of epoch %d: no longer the leader", epoch)
+            log.warning("etcd refused a write of our epoch: no longer the leader")
             raise errors.host_is_slave("")
         self.commits += 1
         revision = reply.header.revision

@@ -71,7 +71,8 @@ class HaNode:
         self.term.tick(self._clock())
 
     def describe(self, pool: dm.Pool) -> None:
-        pool.master, pool.epoch = self.term.leader, self.term.epoch
+        pool.master = self.term.visible_leader(self._clock())
+        pool.epoch = self.term.epoch if pool.master else 0
         pool.masters.extend(sorted(self.term.masters))
 
     async def stop(self) -> None:

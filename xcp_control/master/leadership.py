@@ -90,21 +90,25 @@ class Term:
     def acting(self, now: float) -> bool:
         return bool(self._mine) and self.lease_alive(now)
 
+    def visible_leader(self, now: float) -> str:
+        """The leader to name to others: never ourselves while we do not act
+        (our key may outlive our certainty; then, as far as we can tell, no
+        one leads). A renewal confirmed in time resumes the same term."""
+        if self.leader == self.me and not self.acting(now):
+            return ""
+        return self.leader
+
     def fence(self, now: float) -> int:
         """Our epoch, to guard a write or a slave call; HOST_IS_SLAVE naming
         the leader (empty when it is us, deposed, or none) otherwise."""
         if self.acting(now):
             return self._mine
-        raise errors.host_is_slave(self.leader if self.leader != self.me else "")
+        raise errors.host_is_slave(self.visible_leader(now))
 
     def tick(self, now: float) -> None:
         """Tell listeners when acting starts or stops (called often: a lease
         running out is noticed here, not only by the next call)."""
         acting = self.acting(now)
-        if not acting and self.leader == self.me:
-            # We are not acting however long our key may still live in etcd:
-            # as far as anyone asking here should know, no one leads.
-            self.leader, self.epoch, self._mine = "", 0, 0
         if acting != self._acting:
             self._acting = acting
             log.warning("this master %s", f"leads the pool, epoch {self._mine}" if acting
@@ -188,7 +192,7 @@ class Campaign:
                 pass
             sent = self._clock()
             try:
-                left = await self._client.keepalive(self._lease, timeout=period)
+                left = await self._client.keepalive(self._lease, timeout=2 * period)
             except grpc.RpcError as exc:
                 log.info("lease renewal failed (%s)", exc.code())
                 self._term.tick(self._clock())

@@ -24,6 +24,7 @@ import logging
 from typing import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from xcp_control import errors
 from xcp_control.master.leadership import Term
@@ -84,12 +85,51 @@ class Router(grpc.aio.ServerInterceptor):
         if self._term.acting(self._clock()):
             return _rewrap(handler, self._tracked)
         passed_on = any(k == PASSED_ON for k, _ in details.invocation_metadata or ())
-        leader = self._term.leader
+        leader = self._term.visible_leader(self._clock())
         if leader and leader != self._term.me and not passed_on:
             return self._pass_on(handler, method, leader)
         if method in READS:
             return _rewrap(handler, _stale)
+        if not handler.response_streaming:
+            return self._deferred(handler, method, passed_on)
         return _rewrap(handler, self._refuse)
+
+    # -- while no one leads: wait a moment for the election ---------------------
+
+    def _deferred(self, handler, method: str, passed_on: bool):
+        """A write while no leader is visible: wait, within the caller's
+        deadline and at most about one lease, for a term to begin (an
+        election, or our own lease confirmed again after an etcd hiccup),
+        then run it here, pass it on, or refuse it (HOST_IS_SLAVE)."""
+        async def unary(raw: bytes, context):
+            await self._await_term(context)
+            if self._term.acting(self._clock()):
+                try:
+                    request = handler.request_deserializer(raw)
+                except DecodeError:
+                    request = errors.UNDECODABLE
+                run = self._tracked(handler.unary_unary, False)
+                return handler.response_serializer(await run(request, context))
+            leader = self._term.visible_leader(self._clock())
+            if leader and leader != self._term.me and not passed_on:
+                return await _forward_unary(self._leader.get(leader), method, raw, context,
+                                            leader, self._term.me)
+            await errors.abort(context, errors.host_is_slave(leader))
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_identity, response_serializer=_identity)
+
+    async def _await_term(self, context) -> None:
+        remaining = context.time_remaining()
+        budget = 1.5 * self._term.ttl
+        if remaining is not None:
+            budget = min(budget, remaining - 0.2)
+        end = self._clock() + budget
+        while self._clock() < end:
+            now = self._clock()
+            leader = self._term.visible_leader(now)
+            if self._term.acting(now) or (leader and leader != self._term.me):
+                return
+            await asyncio.sleep(0.02)
 
     # -- on the leader ----------------------------------------------------------
 
@@ -140,14 +180,13 @@ class Router(grpc.aio.ServerInterceptor):
             self._deposed.discard(task)
             task.uncancel()
             await errors.abort(context, errors.host_is_slave(
-                self._term.leader if self._term.leader != self._term.me else ""))
+                self._term.visible_leader(self._clock())))
 
     def _refuse(self, behavior, streaming: bool):
         term = self._term
 
         async def run(request, context):
-            await errors.abort(context, errors.host_is_slave(
-                term.leader if term.leader != term.me else ""))
+            await errors.abort(context, errors.host_is_slave(term.visible_leader(self._clock())))
 
         async def run_stream(request, context):
             await run(request, context)
@@ -157,43 +196,48 @@ class Router(grpc.aio.ServerInterceptor):
     # -- on a follower -------------------------------------------------------
 
     def _pass_on(self, handler, method: str, leader: str):
-        channel = self._leader.get(leader)
-
-        def outgoing(context):
-            metadata = [(k, v) for k, v in context.invocation_metadata()
-                        if not k.startswith(_HOP_HEADERS)]
-            metadata.append((PASSED_ON, self._term.me))
-            return metadata
-
+        channel, me = self._leader.get(leader), self._term.me
         if handler.response_streaming:
-            call = channel.unary_stream(method, request_serializer=_identity,
-                                        response_deserializer=_identity)
-
             async def stream(request, context):
-                try:
-                    outbound = call(request, timeout=context.time_remaining(),
-                                    metadata=outgoing(context))
-                    await _relay_headers(context, outbound)
-                    async for item in outbound:
-                        yield item
-                except grpc.aio.AioRpcError as exc:
-                    await _relay(context, exc, leader)
+                async for item in _forward_stream(channel, method, request, context, leader, me):
+                    yield item
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=_identity, response_serializer=_identity)
 
-        unary_call = channel.unary_unary(method, request_serializer=_identity,
-                                         response_deserializer=_identity)
-
         async def unary(request, context):
-            try:
-                outbound = unary_call(request, timeout=context.time_remaining(),
-                                      metadata=outgoing(context))
-                await _relay_headers(context, outbound)
-                return await outbound
-            except grpc.aio.AioRpcError as exc:
-                await _relay(context, exc, leader)
+            return await _forward_unary(channel, method, request, context, leader, me)
         return grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=_identity, response_serializer=_identity)
+
+
+def _outgoing(context, me: str) -> list[tuple[str, str]]:
+    metadata = [(k, v) for k, v in context.invocation_metadata()
+                if not k.startswith(_HOP_HEADERS)]
+    metadata.append((PASSED_ON, me))
+    return metadata
+
+
+async def _forward_unary(channel, method: str, raw: bytes, context, leader: str, me: str):
+    call = channel.unary_unary(method, request_serializer=_identity,
+                               response_deserializer=_identity)
+    try:
+        outbound = call(raw, timeout=context.time_remaining(), metadata=_outgoing(context, me))
+        await _relay_headers(context, outbound)
+        return await outbound
+    except grpc.aio.AioRpcError as exc:
+        await _relay(context, exc, leader)
+
+
+async def _forward_stream(channel, method: str, raw: bytes, context, leader: str, me: str):
+    call = channel.unary_stream(method, request_serializer=_identity,
+                                response_deserializer=_identity)
+    try:
+        outbound = call(raw, timeout=context.time_remaining(), metadata=_outgoing(context, me))
+        await _relay_headers(context, outbound)
+        async for item in outbound:
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        await _relay(context, exc, leader)
 
 
 async def _relay_headers(context, outbound) -> None:
