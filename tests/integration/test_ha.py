@@ -211,3 +211,36 @@ def test_the_cli_and_the_node_client_move_past_a_master_that_is_down(pool):
     assert got.returncode == 0, got.stderr
     assert "from-the-cli" in got.stdout
     assert new_leader
+
+
+def test_scripts_pool_ha_starts_etcd_three_masters_and_the_slaves(tmp_path):
+    import os
+    import subprocess
+
+    from tests.integration.pool_helpers import REPO
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen([str(REPO / "scripts" / "pool"), "--ha", "--port", "0", "--slaves",
+                             "1", "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the pool." in line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C stops the pool." in text, text
+        masters = [l.split()[1] for l in lines if l.strip().startswith("master")]
+        assert len(masters) == 3
+        leader = get_pool(masters[0]).master
+        assert leader in masters and f"the leader, {leader}" in text
+        assert (state / "etcd" / "data").is_dir()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not any(get_pool(m, timeout=0.5) for m in masters)

@@ -228,6 +228,7 @@ class HeartbeatClient:
         self.masters = [m.strip() for m in master.split(",") if m.strip()]
         self.master = self.masters[0]
         self._on_epoch = on_epoch
+        self._misses = 0  # masters that failed in a row since the last welcome
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -266,8 +267,12 @@ class HeartbeatClient:
                     await self._session()
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
-                    if self._redirect(exc):
-                        await self._sleep_unless_stopped(0.02)  # bounded: never a hot loop
+                    if self.connected:
+                        self._misses = 0
+                    delay = self._redirect(exc)
+                    if delay is not None:
+                        self.connected = False
+                        await self._sleep_unless_stopped(delay)  # bounded: never a hot loop
                         continue
                     if self.connected or not outage_logged:
                         log.info("heartbeat stream to master %s down (%s); reconnecting",
@@ -390,20 +395,26 @@ class HeartbeatClient:
     async def _write(self, call, request: pb.HeartbeatRequest) -> None:
         await asyncio.wait_for(call.write(request), self._io_timeout)
 
-    def _redirect(self, exc: BaseException) -> bool:
+    def _redirect(self, exc: BaseException) -> float | None:
         """After a failed attempt with several masters: go to the leader a
-        follower named (True: at once), or else try the next master."""
+        follower named, or else to the next master. The delay before that
+        attempt: short while there are masters left to ask (a failover must
+        not cost a backoff per dead master), None (the usual backoff) once
+        every master failed in a row."""
         if len(self.masters) < 2:
-            return False
+            return None
         info = errors.XcpError.from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else None
-        if info is not None and info.reason == "HOST_IS_SLAVE" and info.params["master"] \
-                and info.params["master"] != self.master:
+        slave_of = info is not None and info.reason == "HOST_IS_SLAVE"
+        if slave_of and info.params["master"] and info.params["master"] != self.master:
             log.info("master %s is a follower: going to the leader %s", self.master,
                      info.params["master"])
             self.master = info.params["master"]
-            return True
+            return 0.02
         self.master = self.masters[(self._index(self.master) + 1) % len(self.masters)]
-        return False
+        self._misses += 1
+        if slave_of:  # a follower that knows no leader yet: an election is under way
+            return 0.2
+        return 0.02 if self._misses < len(self.masters) else None
 
     def _index(self, master: str) -> int:
         return self.masters.index(master) if master in self.masters else -1
