@@ -46,6 +46,7 @@ PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 PAGE = 2000  # objects per page of the initial load
+IN_FLIGHT = 4  # transactions in flight at once (each a group of queued commits)
 WRITE_ATTEMPTS = 3  # tries of one transaction whose outcome etcd did not tell
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
 
@@ -124,6 +125,8 @@ class EtcdStore(Store):
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_pending_writes)
         self._tasks: list[asyncio.Task] = []
+        self._flying: set[asyncio.Task] = set()  # transactions in flight
+        self._flying_keys: set[bytes] = set()
         self.watch_ok = False  # False while the watch is down: reads may be stale
         self.commits = 0
 
@@ -145,7 +148,7 @@ class EtcdStore(Store):
         return self
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._flying]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for job in self._queue:
@@ -365,7 +368,8 @@ class EtcdStore(Store):
         while self._queue:
             job = self._queue[0]
             if (ops + len(job.requests) > MAX_TXN_OPS or size + job.size > MAX_TXN_BYTES
-                    or keys.intersection(job.keys) or len(set(job.keys)) < len(job.keys)):
+                    or keys.intersection(job.keys) or len(set(job.keys)) < len(job.keys)
+                    or self._flying_keys.intersection(job.keys)):
                 break
             self._queue.popleft()
             batch.append(job)
@@ -374,22 +378,36 @@ class EtcdStore(Store):
         return batch
 
     async def _write_loop(self) -> None:
+        """Send transactions, up to IN_FLIGHT at once; a job touching a key of
+        a transaction in flight waits for it, so writes of one object keep
+        their order."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
+            while self._queue and len(self._flying) < IN_FLIGHT \
+                    and not self._flying_keys.intersection(self._queue[0].keys):
                 batch = self._next_batch()
-                try:
-                    results = await self._write(batch)
-                except BaseException as exc:  # noqa: BLE001 - every caller hears of it
-                    for job in batch:
-                        _fail(job.future, exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for job, changes in zip(batch, results):
-                    if not job.future.done():
-                        job.future.set_result(changes)
+                keys = {k for job in batch for k in job.keys}
+                self._flying_keys |= keys
+                task = asyncio.create_task(self._send(batch, keys))
+                self._flying.add(task)
+                task.add_done_callback(self._flying.discard)
+
+    async def _send(self, batch: list[_Job], keys: set[bytes]) -> None:
+        try:
+            results = await self._write(batch)
+        except BaseException as exc:  # noqa: BLE001 - every caller hears of it
+            for job in batch:
+                _fail(job.future, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            self._flying_keys -= keys
+            self._wake.set()
+        for job, changes in zip(batch, results):
+            if not job.future.done():
+                job.future.set_result(changes)
 
     async def _txn(self, requests: list) -> "ec.rpc.TxnResponse":
         """The guarded transaction, retried while we may still act: a request
