@@ -19,8 +19,7 @@ R * PER_REVISION + i, and the store's generation after revision R is the last
 slot of R. Every master derives the same generations from the same history,
 so a Watch token taken on one master resumes on any other.
 
-Keys under the prefix P: P/o/<class>/<uuid> (objects), P/meta/db_id,
-P/leader (on the leader's lease), P/masters/<address> (each master's lease).
+Keys: etcd_keys.py.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from google.protobuf.message import Message
 
 from xcp_control import errors
 from xcp_control.master import etcd_client as ec
+from xcp_control.master.etcd_keys import Keys
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
                                       Put, Store, WorkingCopy, check_ops)
 
@@ -52,46 +52,6 @@ _RECENT = 4096  # revisions whose changes are kept for commits still waiting on 
 
 KeyListener = Callable[[bytes, bytes | None, int], None]  # key, value (None: deleted), revision
 Fence = Callable[[], int]  # the epoch to guard writes with; raises HOST_IS_SLAVE if none
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Where a pool lives in etcd."""
-
-    prefix: bytes
-
-    @classmethod
-    def of(cls, prefix: str) -> "Keys":
-        return cls(prefix.rstrip("/").encode())
-
-    @property
-    def root(self) -> bytes:
-        return self.prefix + b"/"
-
-    @property
-    def leader(self) -> bytes:
-        return self.prefix + b"/leader"
-
-    @property
-    def masters(self) -> bytes:
-        return self.prefix + b"/masters/"
-
-    @property
-    def db_id(self) -> bytes:
-        return self.prefix + b"/meta/db_id"
-
-    @property
-    def objects(self) -> bytes:
-        return self.prefix + b"/o/"
-
-    def object(self, class_name: str, uuid: str) -> bytes:
-        return b"%s/o/%s/%s" % (self.prefix, class_name.encode(), uuid.encode())
-
-    def parse_object(self, key: bytes) -> tuple[str, str] | None:
-        if not key.startswith(self.objects):
-            return None
-        class_name, _, uuid = key[len(self.objects):].decode().partition("/")
-        return (class_name, uuid) if class_name in CLASSES and uuid else None
 
 
 @dataclass

@@ -30,11 +30,11 @@ from typing import Callable
 
 import grpc
 
-from xcp_control import errors
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
 from xcp_control.model import domains_digest
 from xcp_control.slave.hypervisor import DomainInfo, Hypervisor
+from xcp_control.slave.masters import MasterList
 from xcp_control.security.pki import MASTER_NAME
 from xcp_control.rpc.channels import open_channel
 from xcp_control.rpc.options import heartbeat_channel_options
@@ -223,12 +223,9 @@ class HeartbeatClient:
                  credentials: grpc.ChannelCredentials | None = None,
                  reconnect: Reconnect | None = None,
                  on_epoch: Callable[[int], None] | None = None) -> None:
-        # Several masters (comma-separated): the one we talk to now; a follower
-        # names the leader (HOST_IS_SLAVE) and an unreachable one is skipped.
-        self.masters = [m.strip() for m in master.split(",") if m.strip()]
-        self.master = self.masters[0]
+        # Several masters (comma-separated): which one to talk to (masters.py).
+        self._masters = MasterList(master)
         self._on_epoch = on_epoch
-        self._misses = 0  # masters that failed in a row since the last welcome
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -244,6 +241,11 @@ class HeartbeatClient:
         self._unsubscribe = hypervisor.add_listener(self._domains_changed)
         self.connected = False  # a Hello was answered and the stream is up
         self.sessions = 0  # Hello replies received so far, for tests and metrics
+
+    @property
+    def master(self) -> str:
+        """The master the stream goes (or went) to."""
+        return self._masters.current
 
     @property
     def interval(self) -> float:
@@ -268,8 +270,8 @@ class HeartbeatClient:
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
                     if self.connected:
-                        self._misses = 0
-                    delay = self._redirect(exc)
+                        self._masters.welcomed()
+                    delay = self._masters.after_failure(exc)
                     if delay is not None:
                         self.connected = False
                         await self._sleep_unless_stopped(delay)  # bounded: never a hot loop
@@ -394,30 +396,6 @@ class HeartbeatClient:
 
     async def _write(self, call, request: pb.HeartbeatRequest) -> None:
         await asyncio.wait_for(call.write(request), self._io_timeout)
-
-    def _redirect(self, exc: BaseException) -> float | None:
-        """After a failed attempt with several masters: go to the leader a
-        follower named, or else to the next master. The delay before that
-        attempt: short while there are masters left to ask (a failover must
-        not cost a backoff per dead master), None (the usual backoff) once
-        every master failed in a row."""
-        if len(self.masters) < 2:
-            return None
-        info = errors.XcpError.from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else None
-        slave_of = info is not None and info.reason == "HOST_IS_SLAVE"
-        if slave_of and info.params["master"] and info.params["master"] != self.master:
-            log.info("master %s is a follower: going to the leader %s", self.master,
-                     info.params["master"])
-            self.master = info.params["master"]
-            return 0.02
-        self.master = self.masters[(self._index(self.master) + 1) % len(self.masters)]
-        self._misses += 1
-        if slave_of:  # a follower that knows no leader yet: an election is under way
-            return 0.2
-        return 0.02 if self._misses < len(self.masters) else None
-
-    def _index(self, master: str) -> int:
-        return self.masters.index(master) if master in self.masters else -1
 
     def _apply(self, composer: BeatComposer, response: pb.HeartbeatResponse) -> None:
         composer.on_response(response)
