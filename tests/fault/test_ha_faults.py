@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 import uuid as uuid_module
@@ -17,7 +18,7 @@ import pytest
 from tests.integration.pool_helpers import wait_until
 from tests.support import etcd as etcd_support
 from tests.support.ha import HaPool, get_pool
-from tests.support.processes import channel, stubs
+from tests.support.processes import MasterProcess, channel, free_port, stubs
 from xcp_control.errors import error_info
 from xcp.v1 import slave_service_pb2 as sl, slave_service_pb2_grpc, vm_service_pb2 as vs
 
@@ -162,3 +163,83 @@ def test_a_leader_stopped_past_its_lease_changes_nothing_when_resumed(tmp_path):
                     name_label="after", memory=64 * MiB, vcpus=1), timeout=5).uuid
         finally:
             stale.kill(signal.SIGCONT)
+
+
+class _MasterInNamespace(MasterProcess):
+    """An xcp-master run inside a test host's network namespace."""
+
+    def __init__(self, host, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._host = host
+
+    @property
+    def argv(self) -> list[str]:
+        return self._host.exec_argv(super().argv)
+
+
+def test_a_leader_partitioned_from_etcd_and_the_slaves_steps_down(tmp_path):
+    from tests.integration.pool_helpers import SlaveProcess
+    from tests.support.etcd import EtcdCluster
+    from tests.support.netns import TestHost, require_test_hosts
+
+    require_test_hosts()
+    with TestHost() as host, EtcdCluster(1, tmp_path, client_host=host.root_ip) as etcd:
+        common = ["--etcd", etcd.urls, "--etcd-prefix", "/pool", "--lease-ttl", "2"]
+        masters, slaves = [], []
+        try:
+            # The leader runs in the test host, reached at its own address.
+            cut = _MasterInNamespace(host, tmp_path / "a.db", listen="0.0.0.0:0",
+                                     extra_args=[*common, "--advertise", f"{host.host_ip}:0"],
+                                     log_dir=tmp_path)
+            cut.extra_args[-1] = f"{host.host_ip}:{_free_port_in(host)}"
+            cut.listen = "0.0.0.0:" + cut.extra_args[-1].rsplit(":", 1)[1]
+            masters.append(cut.start())
+            wait_until(lambda: (p := get_pool(cut.extra_args[-1])) and p.master, 15,
+                       what="the test host's master to lead")
+            a = cut.extra_args[-1]
+            for name in ("b", "c"):
+                port = free_port()
+                masters.append(MasterProcess(
+                    tmp_path / f"{name}.db", listen=f"0.0.0.0:{port}", log_dir=tmp_path,
+                    extra_args=[*common, "--advertise", f"{host.root_ip}:{port}"]).start())
+            others = [m.extra_args[-1] for m in masters[1:]]
+            assert get_pool(others[0]).master == a
+            everyone = ",".join([a, *others])
+            for i in range(2):
+                slaves.append(SlaveProcess(everyone, f"host{i + 1}", tmp_path / f"s{i}",
+                                           tmp_path).start())
+            for slave in slaves:
+                wait_until(lambda s=slave: f"connected to master {a}" in s.log(), 15,
+                           what=f"{slave.name} to stream to the test host's master")
+            host.partition()
+            cut_at = time.monotonic()
+            new = wait_until(lambda: (p := get_pool(others[0])) and p.master in others
+                             and p.master, 15, what="a new leader outside the test host")
+            elapsed = time.monotonic() - cut_at
+            assert elapsed < 6, f"new leader after {elapsed:.1f}s"
+            for slave in slaves:
+                wait_until(lambda s=slave: f"connected to master {new}" in s.log(), 15,
+                           what=f"{slave.name} to stream to the new leader")
+            # The cut-off leader stopped acting on its own, before etcd let
+            # another win: it wrote nothing and commanded no slave since.
+            wait_until(lambda: "stopped acting as leader" in cut.stderr_text(), 5,
+                       what="the partitioned leader to step down")
+            with channel(new) as ch:
+                assert stubs(ch).vms.CreateVM(vs.CreateVMRequest(
+                    name_label="after-the-cut", memory=64 * MiB, vcpus=1), timeout=5).uuid
+            host.heal()
+            wait_until(lambda: (p := get_pool(a)) is not None and p.master == new, 20,
+                       what="the healed master to follow the new leader")
+        finally:
+            host.heal()
+            for slave in slaves:
+                slave.stop()
+            for master in masters:
+                master.stop(timeout=3)
+
+
+def _free_port_in(host) -> int:
+    """A TCP port free inside the test host (bound there and released)."""
+    out = host.check_output([sys.executable, "-c", "import socket; s=socket.socket(); "
+                             "s.bind(('0.0.0.0', 0)); print(s.getsockname()[1])"], text=True)
+    return int(out.strip())

@@ -46,9 +46,10 @@ class Member:
     """One etcd process of a cluster."""
 
     def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int,
-                 initial_cluster: str, token: str, fsync: bool, extra: list[str]) -> None:
+                 initial_cluster: str, token: str, fsync: bool, extra: list[str],
+                 client_host: str = "127.0.0.1") -> None:
         self.name, self.data_dir = name, data_dir
-        self.client_url = f"http://127.0.0.1:{client_port}"
+        self.client_url = f"http://{client_host}:{client_port}"
         self.peer_url = f"http://127.0.0.1:{peer_port}"
         self._initial_cluster, self._token = initial_cluster, token
         self._fsync, self._extra = fsync, extra
@@ -112,7 +113,7 @@ class EtcdCluster:
     """n members of a fresh cluster under `root` (a temporary dir by default)."""
 
     def __init__(self, n: int = 1, root: str | Path | None = None, fsync: bool = True,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, client_host: str = "127.0.0.1") -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="xcp-etcd-") if root is None else root)
         self.root = self.root / f"etcd-{uuid.uuid4().hex[:6]}"
@@ -123,7 +124,8 @@ class EtcdCluster:
                            for name, (_, peer) in zip(names, ports))
         token = f"xcp-test-{uuid.uuid4().hex[:8]}"
         self.members = [Member(name, self.root / name, client, peer, initial, token, fsync,
-                               list(extra or [])) for name, (client, peer) in zip(names, ports)]
+                               list(extra or []), client_host)
+                        for name, (client, peer) in zip(names, ports)]
 
     @property
     def urls(self) -> str:

@@ -46,6 +46,8 @@ PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 PAGE = 2000  # objects per page of the initial load
+COMPACT_EVERY = 1000  # commits between two compactions of etcd's history, by the leader
+COMPACT_KEEP = 100_000  # revisions of history kept (about change_log_size changes)
 IN_FLIGHT = 4  # transactions in flight at once (each a group of queued commits)
 WRITE_ATTEMPTS = 3  # tries of one transaction whose outcome etcd did not tell
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
@@ -87,6 +89,7 @@ class EtcdStore(Store):
         self._tasks: list[asyncio.Task] = []
         self._flying: set[asyncio.Task] = set()  # transactions in flight
         self._flying_keys: set[bytes] = set()
+        self._background: set[asyncio.Task] = set()  # compactions
         self.watch_ok = False  # False while the watch is down: reads may be stale
         self.commits = 0
 
@@ -108,7 +111,7 @@ class EtcdStore(Store):
         return self
 
     async def close(self) -> None:
-        for task in [*self._tasks, *self._flying]:
+        for task in [*self._tasks, *self._flying, *self._background]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for job in self._queue:
@@ -393,11 +396,26 @@ class EtcdStore(Store):
             raise errors.host_is_slave("")
         self.commits += 1
         revision = reply.header.revision
+        if self.commits % COMPACT_EVERY == 0 and revision > COMPACT_KEEP:
+            self._compact(revision - COMPACT_KEEP)
         changed = any(r.HasField("response_put") or r.response_delete_range.deleted
                       for r in reply.responses)
         if changed and not await self.wait_revision(revision, timeout=5.0):
             log.warning("the etcd watch lags: revision %d acknowledged, not yet seen", revision)
         return [self._changes_of(job, revision) for job in batch]
+
+    def _compact(self, revision: int) -> None:
+        """Drop etcd's history older than `revision` (it grows without bound
+        otherwise); what is kept covers a watch that reconnects after an outage,
+        and one that falls further behind reloads (`_resync`)."""
+        async def compact() -> None:
+            try:
+                await self.client.compact(revision, timeout=5.0)
+            except grpc.RpcError as exc:
+                log.info("etcd compaction to %d failed (%s)", revision, exc.code())
+        task = asyncio.create_task(compact())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _changes_of(self, job: _Job, revision: int) -> list[Change]:
         seen = self._recent.get(revision, {})
