@@ -151,7 +151,7 @@ def test_a_leader_stopped_past_its_lease_changes_nothing_when_resumed(tmp_path):
                     slave.DestroyDomain(request, timeout=5,
                                         metadata=(("xcp-epoch", str(old_epoch)),))
                 assert reason(refused.value) == "STALE_MASTER"
-                assert error_info(refused.value).metadata == {
+                assert dict(error_info(refused.value).metadata) == {
                     "epoch": str(old_epoch), "seen": str(new_epoch)}
                 slave.ListDomains(sl.ListDomainsRequest(), timeout=5,
                                   metadata=(("xcp-epoch", str(old_epoch)),))  # read-only
