@@ -34,6 +34,7 @@ class Session:
 
     host: str
     stream: int
+    epoch: int = 0  # the leader's epoch the stream was opened under (0: one master)
 
 
 class HeartbeatSessions:
@@ -75,7 +76,7 @@ class HeartbeatSessions:
         epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
         await self._register(host, hello)
-        session = Session(host, self._liveness.attach(host))
+        session = Session(host, self._liveness.attach(host), epoch)
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
         self._take_domains(host, hello.domains_digest, hello.domains)
@@ -101,9 +102,10 @@ class HeartbeatSessions:
         if beat.domains_included:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                        domains_ack=beat.domains_digest)
+                                        domains_ack=beat.domains_digest, epoch=session.epoch)
         if beat.domains_digest != self._digests.get(host):
-            return pb.HeartbeatResponse(interval_ms=self._interval_ms, send_domains=True)
+            return pb.HeartbeatResponse(interval_ms=self._interval_ms, send_domains=True,
+                                        epoch=session.epoch)
         return None
 
     def close(self) -> None:
