@@ -71,6 +71,11 @@ CATALOGUE: dict[str, Reason] = {
                "the caller's role does not allow this operation"),
         Reason("TOO_BUSY", Code.RESOURCE_EXHAUSTED, ("detail",),
                "the master is too busy: retry later, with backoff"),
+        Reason("HOST_IS_SLAVE", Code.UNAVAILABLE, ("master",),
+               "this master is not the pool's leader: call the master named (empty: none "
+               "is elected yet)"),
+        Reason("STALE_MASTER", Code.FAILED_PRECONDITION, ("epoch", "seen"),
+               "the call comes from a deposed leader: a newer epoch has been seen"),
     )
 }
 
@@ -203,6 +208,14 @@ def rbac_permission_denied(role: str, operation: str) -> XcpError:
 
 def too_busy(detail: str) -> XcpError:
     return XcpError("TOO_BUSY", detail=detail)
+
+
+def host_is_slave(master: str) -> XcpError:
+    return XcpError("HOST_IS_SLAVE", master=master)
+
+
+def stale_master(epoch: int, seen: int) -> XcpError:
+    return XcpError("STALE_MASTER", epoch=epoch, seen=seen)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:

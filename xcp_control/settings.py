@@ -199,6 +199,14 @@ class MasterSettings:
                                      cli=False)
     timeouts: OperationTimeouts = setting(OperationTimeouts(), "per-operation budgets",
                                           cli=False)
+    # Several masters on etcd (DESIGN.md "Several masters"); without etcd: SQLite at --db.
+    etcd: str = setting("", "etcd client URLs, comma-separated: several masters on etcd "
+                        "(default: one master, SQLite at --db)", metavar="URL[,URL...]")
+    etcd_prefix: str = setting("/xcp", "key prefix of this pool in etcd", metavar="P")
+    advertise: str = setting("", "API address other masters and slaves reach this master at "
+                             "(default: the bound address)", metavar="HOST:PORT")
+    lease_ttl: float = setting(2.0, "seconds of the leader's etcd lease (etcd's floor is 2)",
+                               metavar="S")
 
     @property
     def grace(self) -> float:
@@ -235,14 +243,32 @@ class MasterSettings:
             raise SettingsError("watch_queue_size and change_log_size must be >= 1")
         for name, value in vars(self.timeouts).items():
             _positive(f"timeouts.{name}", value)
+        self._validate_ha()
         return self
+
+    def _validate_ha(self) -> None:
+        if self.advertise:
+            parse_endpoint(self.advertise, "--advertise")
+        if not self.etcd:
+            return
+        if not 1 <= self.lease_ttl <= 60:
+            raise SettingsError(f"lease_ttl must be within 1..60 s, got {self.lease_ttl}")
+        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.rstrip("/") == "":
+            raise SettingsError(f"--etcd-prefix must start with / and name something, "
+                                f"got {self.etcd_prefix!r}")
+        from xcp_control.master.etcd_client import EtcdUrlError, channel_target
+        try:
+            channel_target(self.etcd)
+        except (EtcdUrlError, OSError) as exc:
+            raise SettingsError(str(exc)) from None
 
 
 @dataclass(frozen=True)
 class SlaveSettings:
     """Everything `xcp-slave` needs; one instance per process."""
 
-    master: str = setting("127.0.0.1:7000", "the master's endpoint", metavar="HOST:PORT")
+    master: str = setting("127.0.0.1:7000", "the master's endpoint; several masters on etcd: "
+                          "all of them, comma-separated", metavar="HOST:PORT[,HOST:PORT...]")
     listen: str = setting("127.0.0.1:0", "where SlaveService listens; port 0 picks a free one",
                           metavar="HOST:PORT")
     advertise: str = setting("", "address reported to the master (default: the bound listen "
@@ -267,7 +293,8 @@ class SlaveSettings:
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
 
     def validate(self) -> "SlaveSettings":
-        parse_endpoint(self.master, "--master")
+        for master in self.master.split(","):
+            parse_endpoint(master.strip(), "--master")
         parse_endpoint(self.listen, "--listen")
         if self.advertise:
             parse_endpoint(self.advertise, "--advertise")

@@ -38,3 +38,18 @@ ensure_node_packages() {
     echo "$want" > "$stamp"
   fi
 }
+
+ensure_etcd() {
+  # Several masters run on etcd (Debian's etcd-server: etcd 3.4 and etcdctl);
+  # the HA tests start throwaway members of it, ./scripts/pool --ha one.
+  command -v etcd >/dev/null && command -v etcdctl >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing etcd-server" >&2
+    (apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq etcd-server etcd-client) >/dev/null
+    command -v etcd >/dev/null
+  else
+    echo "note: etcd missing and not root: the HA tests will skip" >&2
+    return 1
+  fi
+}

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.fault_helpers import Case, Lab
+from tests.support.lab import Case, Lab
 
 pytestmark = pytest.mark.timeout(120)
 

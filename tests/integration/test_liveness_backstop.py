@@ -18,8 +18,8 @@ import uuid as uuid_module
 
 import pytest
 
-from tests.integration.pool_helpers import wait_until
-from tests.support.processes import MasterProcess, channel, stubs
+
+from tests.support.processes import MasterProcess, channel, stubs, wait_until
 from xcp.v1 import host_service_pb2 as hs
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.test_pool import NOW, World, run
+from tests.master.world import NOW, World, run, wired
 from xcp_control.master.listing import HostListing
 from xcp_control.model import copy
 
@@ -26,7 +26,7 @@ def test_changed_objects_replace_their_entry_and_renames_rebuild(tmp_path):
     async def body(w: World):
         a = await w.add_host("a")
         b = await w.add_host("b")
-        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW)
+        listing = wired(HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW), w)
         rebuilds = counting(listing)
         listing.response()
         assert rebuilds == [1]
@@ -53,7 +53,7 @@ def test_reports_refresh_only_their_hosts_once_per_refresh(tmp_path):
         now = [NOW]
         a = await w.add_host("a")
         await w.add_host("b")
-        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: now[0])
+        listing = wired(HostListing(w.store, w.liveness, w.pool.mirror, lambda: now[0]), w)
         listing.response()
         w.pool.mirror.report(a.uuid, 5, wall=2_000.0, memory_total=8)
         assert listing.response().host_metrics[0].memory_free != 5  # not before a second
@@ -67,7 +67,7 @@ def test_reports_refresh_only_their_hosts_once_per_refresh(tmp_path):
 
 def test_a_rebuild_waits_for_changes_to_settle_then_no_call_pays_it(tmp_path):
     async def body(w: World):
-        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW, settle=60.0)
+        listing = wired(HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW, settle=60.0), w)
         rebuilds = counting(listing)
         for name in ("a", "b", "c"):  # a burst of registrations
             await w.add_host(name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_pool import NOW, World, new_uuid, run
+from tests.master.world import NOW, World, new_uuid, run
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.liveness import Liveness
 from xcp_control.master.sessions import HeartbeatSessions

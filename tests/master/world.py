@@ -69,3 +69,11 @@ def run(body, tmp_path):
         finally:
             await store.close()
     return asyncio.run(main())
+
+
+def wired(listing: HostListing, w: World) -> HostListing:
+    """Registered as the master registers it (master/server.py, Master._wire)."""
+    w.store.add_listener(listing.on_changes)
+    w.liveness.add_listener(listing.on_flip)
+    w.pool.mirror.add_report_listener(listing.on_report)
+    return listing

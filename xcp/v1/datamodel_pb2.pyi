@@ -5,7 +5,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -88,3 +88,23 @@ class VM(_message.Message):
     vcpus: int
     other_config: _containers.ScalarMap[str, str]
     def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Pool(_message.Message):
+    __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MASTERS_FIELD_NUMBER: _ClassVar[int]
+    HA_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HA_HOST_FAILURES_TO_TOLERATE_FIELD_NUMBER: _ClassVar[int]
+    HA_PLAN_EXISTS_FOR_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    name_label: str
+    master: str
+    epoch: int
+    masters: _containers.RepeatedScalarFieldContainer[str]
+    ha_enabled: bool
+    ha_host_failures_to_tolerate: int
+    ha_plan_exists_for: int
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., masters: _Optional[_Iterable[str]] = ..., ha_enabled: _Optional[bool] = ..., ha_host_failures_to_tolerate: _Optional[int] = ..., ha_plan_exists_for: _Optional[int] = ...) -> None: ...

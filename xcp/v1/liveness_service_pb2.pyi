@@ -58,13 +58,15 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms")
+    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_ACK_FIELD_NUMBER: _ClassVar[int]
     SEND_DOMAINS_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     interval_ms: int
     domains_ack: str
     send_domains: bool
     report_interval_ms: int
-    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...

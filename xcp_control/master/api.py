@@ -27,6 +27,7 @@ from xcp.v1 import (
     host_service_pb2 as hs,
     host_service_pb2_grpc,
     liveness_service_pb2_grpc,
+    pool_service_pb2_grpc,
     vm_service_pb2 as vs,
     vm_service_pb2_grpc,
 )
@@ -144,6 +145,17 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             yield to_event(item, self._hub)
 
 
+class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
+    """GetPool: answered by every master itself (who leads, which masters run)."""
+
+    def __init__(self, describe) -> None:
+        self._describe = describe
+
+    @rpc_method
+    async def GetPool(self, request, context):
+        return self._describe()
+
+
 class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
     """Heartbeat streams. A newer stream of a host supersedes (cancels) the older.
 
@@ -156,13 +168,13 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
         self._sessions = sessions
         self._hello_timeout = hello_timeout
         self._streams: dict[str, asyncio.Task] = {}
-        self._ending: set[asyncio.Task] = set()  # streams we end (see _close)
-        sessions.add_not_live_listener(self._close)
+        self._ending: set[asyncio.Task] = set()  # streams we end (see close)
 
-    def _close(self, host: str) -> None:
+    def close(self, host: str) -> None:
         """End the host's stream with HOST_OFFLINE. A cancelled handler alone
         would leave the client's call open (grpc.aio sends nothing for it), so
-        the handler, told by `_ending`, turns the cancellation into a status."""
+        the handler, told by `_ending`, turns the cancellation into a status. A sessions listener
+        (master/server.py wires it) for every host no longer counted live."""
         task = self._streams.get(host)
         # The stream's own task is ending already (its end is what flipped).
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -172,7 +184,7 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
     def close_all(self) -> None:
         """End every heartbeat stream: slaves then know they are not counted."""
         for host in list(self._streams):
-            self._close(host)
+            self.close(host)
 
     @rpc_method
     async def Heartbeat(self, request_iterator, context):

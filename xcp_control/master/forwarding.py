@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # DEADLINE_EXCEEDED, reaches it.
 DEADLINE_MARGIN = 0.05
 _READY = grpc.ChannelConnectivity.READY
+# The leader's epoch on every call to a slave (several masters on etcd).
+EPOCH_HEADER = "xcp-epoch"
 
 
 def _cannot_contact(host: str, operation: str) -> XcpError:
@@ -120,8 +122,12 @@ class Forwarder:
 
     def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
                  clock: Callable[[], float],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 fence: Callable[[], int] | None = None) -> None:
         self._store = store
+        # Several masters: our epoch for every call (HOST_IS_SLAVE while we may
+        # not act), so a deposed leader sends no slave command at all.
+        self._fence = fence
         self._liveness = liveness
         self._contact_timeout = contact_timeout
         self._clock = clock
@@ -134,6 +140,8 @@ class Forwarder:
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
+        if self._fence is not None:
+            self._fence()  # a master that may not act sends nothing (HOST_IS_SLAVE)
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
@@ -163,7 +171,11 @@ class Forwarder:
         transport (a READY channel goes straight to the call)."""
         if peer.channel.get_state(try_to_connect=True) != _READY:
             deadline -= await self._connect(peer.channel, min(self._contact_timeout, deadline))
-        return await getattr(peer.stub, method)(request, timeout=max(deadline, 0.001))
+        # The epoch is read after connecting: a term that ended while we
+        # waited for the transport sends nothing.
+        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
+        return await getattr(peer.stub, method)(request, timeout=max(deadline, 0.001),
+                                                metadata=metadata)
 
     async def _connect(self, channel: grpc.aio.Channel, budget: float) -> float:
         """Wait for a transport, at most `budget`; a refusal fails at once.

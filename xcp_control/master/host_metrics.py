@@ -44,6 +44,7 @@ class MetricsMirror:
         self._dirty: set[str] = set()  # hosts to write at once
         self._stale: set[str] = set()  # hosts whose figures wait for their interval
         self._wake = asyncio.Event()
+        self._report_listeners: list[Callable[[str], None]] = []
 
     def add_report_listener(self, listener: Callable[[str], None]) -> None:
         """Call listener(host) after each report's figures are taken in."""

@@ -23,6 +23,7 @@ from xcp_control.security import setup as security
 from xcp_control.master.admission import LoopLag, watch_loop_lag
 from xcp_control.master.events import EventHub
 from xcp_control.master.forwarding import Forwarder
+from xcp_control.master.ha import HaNode
 from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.listing import HostListing
@@ -37,12 +38,15 @@ from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import master_server_options
 from xcp.v1 import (
+    datamodel_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
     host_service_pb2,
     host_service_pb2_grpc,
     liveness_service_pb2,
     liveness_service_pb2_grpc,
+    pool_service_pb2,
+    pool_service_pb2_grpc,
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
@@ -54,6 +58,7 @@ SERVICES = [
     service_name(vm_service_pb2, "VMService"),
     service_name(event_service_pb2, "EventService"),
     service_name(liveness_service_pb2, "LivenessService"),
+    service_name(pool_service_pb2, "PoolService"),
 ]
 
 
@@ -64,7 +69,10 @@ class Master:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings.validate()
         self.clock = clock
-        self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
+        # -- HA hook: several masters on etcd (None: one master on SQLite) --
+        self.ha = HaNode.build(self.settings, clock)
+        self.store = self.ha.store if self.ha else SqliteStore(
+            settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
         self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
         self._server: grpc.aio.Server | None = None
@@ -77,7 +85,8 @@ class Master:
         sec = security.for_master(s.tls_dir)
         self._build(sec)
         self._wire()
-        self._server = self._build_server(sec.interceptors)
+        # -- HA hook: routing last, so that authentication runs first --
+        self._server = self._build_server([*sec.interceptors, *self._ha_interceptors()])
         self.address = bind(self._server, s.listen, sec.server_credentials)
         if s.token_listen:
             # The same services and interceptor, but TLS that asks for no client
@@ -85,13 +94,17 @@ class Master:
             self.token_address = bind(self._server, s.token_listen, sec.token_server_credentials)
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
+        if self.ha:  # -- HA hook: campaign; lead only once elected --
+            self.sessions.close()
+            self.ha.start(s.advertise or self.address)
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics"),
                        asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
                                                           s.reaper_tick), name="loop-lag")]
-        log.info("master listening on %s, database %s", self.address, s.db_path)
+        log.info("master listening on %s, database %s", self.address,
+                 f"etcd {s.etcd} {s.etcd_prefix}" if self.ha else s.db_path)
         if self.token_address:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
@@ -111,7 +124,9 @@ class Master:
                                           s.heartbeat_interval, self.clock, self.loop_lag,
                                           report_interval=s.report_interval)
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
-                                   credentials=sec.channel_credentials)
+                                   credentials=sec.channel_credentials,
+                                   fence=self.ha.fence if self.ha else None)
+        self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)
@@ -143,7 +158,40 @@ class Master:
             self.store.add_listener(on_commit)
         self.mirror.add_report_listener(self.listing.on_report)
         self.sessions.add_domains_listener(self.reconciler.on_domains)
+        # A host no longer counted live loses its stream: the slave then knows.
+        self.sessions.add_not_live_listener(self.liveness_servicer.close)
         self.pool.add_forget_listener(self.forwarder.forget)
+        if self.ha:
+            # With several masters: the Hello answer carries our epoch (or
+            # names the leader), and leading starts and stops the host side.
+            self.sessions.gate = self.ha.fence
+            self.ha.add_listener(self._on_leading)
+
+    # -- HA hooks (several masters on etcd) ---------------------------------
+
+    def _ha_interceptors(self) -> list:
+        return [self.ha.router] if self.ha else []
+
+    def _on_leading(self, acting: bool) -> None:
+        """This master starts or stops acting as the pool's leader. Calls in
+        flight are failed by the router (routing.py), which listens too."""
+        if acting:
+            # A new leader gives every host the startup grace: a failover
+            # marks no live host dead.
+            self.liveness.restore(self._stored_liveness(), self.clock())
+            self.sessions.reopen()
+        else:
+            self.sessions.close()
+            self.liveness_servicer.close_all()
+
+    def describe_pool(self) -> datamodel_pb2.Pool:
+        pool = datamodel_pb2.Pool(uuid=self.store.db_id)
+        if self.ha:
+            self.ha.describe(pool)
+        else:
+            pool.master = self.settings.advertise or self.address
+            pool.masters.append(pool.master)
+        return pool
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
@@ -161,12 +209,18 @@ class Master:
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
-            api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
+            self.liveness_servicer, server)
+        pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
+            api.PoolServicer(self.describe_pool), server)
         return server
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reaper_tick)
+            if self.ha:  # -- HA hook: only an acting leader judges hosts --
+                self.ha.tick()
+                if not self.ha.acting():
+                    continue
             for host in self.liveness.reap(self.clock()):
                 log.warning("host %s missed its heartbeats (no report for %.1fs, though "
                             "its connection answers PINGs): not live",
@@ -179,6 +233,8 @@ class Master:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ha:
+            await self.ha.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.forwarder.close()

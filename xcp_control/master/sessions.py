@@ -36,6 +36,7 @@ class Session:
 
     host: str
     stream: int
+    epoch: int = 0  # the leader's epoch the stream was opened under (0: one master)
 
 
 class HeartbeatSessions:
@@ -59,6 +60,9 @@ class HeartbeatSessions:
         self._domain_listeners: list[DomainsListener] = []
         self._not_live_listeners: list[Callable[[str], None]] = []
         self._closing = False
+        # With several masters: the epoch to answer a Hello with, or
+        # HOST_IS_SLAVE naming the leader when this master does not lead.
+        self.gate: Callable[[], int] | None = None
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
@@ -80,16 +84,17 @@ class HeartbeatSessions:
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
         """Register or update the host, then open its session."""
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
+        epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
         await self._register(host, hello)
-        session = Session(host, self._liveness.attach(host))
+        session = Session(host, self._liveness.attach(host), epoch)
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
         self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
                                              report_interval_ms=self._report_ms,
-                                             domains_ack=hello.domains_digest)
+                                             domains_ack=hello.domains_digest, epoch=epoch)
 
     @staticmethod
     def _check_caller(host: str) -> None:
@@ -110,15 +115,20 @@ class HeartbeatSessions:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
                                         report_interval_ms=self._report_ms,
-                                        domains_ack=beat.domains_digest)
+                                        domains_ack=beat.domains_digest, epoch=session.epoch)
         if beat.domains_digest != self._digests.get(host):
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                        report_interval_ms=self._report_ms, send_domains=True)
+                                        report_interval_ms=self._report_ms, send_domains=True,
+                                        epoch=session.epoch)
         return None
 
     def close(self) -> None:
         """The master is stopping: streams it ends say nothing of their hosts."""
         self._closing = True
+
+    def reopen(self) -> None:
+        """This master leads (again): stream ends count once more."""
+        self._closing = False
 
     def end(self, session: Session, goodbye: bool) -> None:
         """The stream ended: the host is down at once, unless it has a newer one."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Callable
 
 import grpc
 
@@ -38,6 +39,7 @@ from xcp_control.security.pki import MASTER_NAME
 from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, hello_timeout,
                                        turned_away)
 from xcp_control.slave.hypervisor import Hypervisor
+from xcp_control.slave.masters import MasterList
 from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy
 
 __all__ = ["HeartbeatClient", "HostIdentity", "Reconnect", "StreamEnded"]
@@ -74,8 +76,11 @@ class HeartbeatClient:
                  reconnect_cap: float = DEFAULT_INTERVAL, interval: float = DEFAULT_INTERVAL,
                  rng: random.Random | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
-                 reconnect: Reconnect | None = None) -> None:
-        self.master = master
+                 reconnect: Reconnect | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
+        # Several masters (comma-separated): which one to talk to (masters.py).
+        self._masters = MasterList(master)
+        self._on_epoch = on_epoch
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -94,6 +99,11 @@ class HeartbeatClient:
         self.connected = False  # a Hello was answered and the stream is up
         self.sessions = 0  # Hello replies received so far, for tests and metrics
         self.reports = 0  # Beats sent, for tests and metrics
+
+    @property
+    def master(self) -> str:
+        """The master the stream goes (or went) to."""
+        return self._masters.current
 
     @property
     def interval(self) -> float:
@@ -122,6 +132,13 @@ class HeartbeatClient:
                     await self._session()
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
+                    if self.connected:
+                        self._masters.welcomed()
+                    delay = self._masters.after_failure(exc)
+                    if delay is not None:  # a follower named the leader: go there
+                        self.connected = False
+                        await self._sleep_unless_stopped(delay)  # bounded: never a hot loop
+                        continue
                     self._log_failure(exc, quiet=outage_logged and not self.connected)
                     outage_logged = True
                 else:
@@ -259,6 +276,8 @@ class HeartbeatClient:
 
     def _apply(self, composer: BeatComposer, response: pb.HeartbeatResponse) -> None:
         composer.on_response(response)
+        if response.epoch and self._on_epoch is not None:
+            self._on_epoch(response.epoch)
         if response.send_domains:
             self._changed.set()
         self._interval = _bounded(response.interval_ms, self._interval)

@@ -23,6 +23,7 @@ from xcp_control.rpc.options import server_options
 from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.security import setup as security
 from xcp_control.settings import SlaveSettings
+from xcp_control.slave.fencing import EpochFence, FenceInterceptor
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
@@ -51,6 +52,7 @@ class Slave:
         self._health = None
         self._client: HeartbeatClient | None = None
         self._beating: asyncio.Task | None = None
+        self.fence = EpochFence()  # several masters: the newest leader epoch seen
 
     async def start(self) -> str:
         """Serve SlaveService and start heartbeating; the bound HOST:PORT."""
@@ -67,7 +69,8 @@ class Slave:
                  self.address, s.master)
         self._client = HeartbeatClient(s.master, identity, self.hypervisor,
                                        reconnect_cap=s.reconnect_cap,
-                                       credentials=sec.channel_credentials)
+                                       credentials=sec.channel_credentials,
+                                       on_epoch=self.fence.seen)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
         return self.address
 
@@ -80,7 +83,8 @@ class Slave:
         # contact_timeout) is cancelled here within seconds, not after a TCP timeout.
         server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES, keepalive_s=2.0,
                                                         ping_timeout_s=1.0),
-                                 interceptors=[DecodeGuard(), *sec.interceptors])
+                                 interceptors=[DecodeGuard(), *sec.interceptors,
+                                               FenceInterceptor(self.fence)])
         pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(self.hypervisor), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
