@@ -71,6 +71,8 @@ CATALOGUE: dict[str, Reason] = {
                "the caller's role does not allow this operation"),
         Reason("TOO_BUSY", Code.RESOURCE_EXHAUSTED, ("detail",),
                "the master is too busy: retry later, with backoff"),
+        Reason("HYPERVISOR_UNAVAILABLE", Code.UNAVAILABLE, ("host", "detail"),
+               "the host's hypervisor connection is down; the slave is re-opening it"),
     )
 }
 
@@ -203,6 +205,10 @@ def rbac_permission_denied(role: str, operation: str) -> XcpError:
 
 def too_busy(detail: str) -> XcpError:
     return XcpError("TOO_BUSY", detail=detail)
+
+
+def hypervisor_unavailable(host: str, detail: str) -> XcpError:
+    return XcpError("HYPERVISOR_UNAVAILABLE", host=host, detail=detail)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:

@@ -107,6 +107,13 @@ class SlaveSettings:
     pause_time: float = 0.02  # seconds a simulated pause or unpause takes
     reconnect_cap: float = 1.0  # longest backoff between two attempts to reach the master
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
+    backend: str = "simulated"  # hypervisor backend: "simulated" or "libvirt"
+    libvirt_uri: str = "qemu:///system"  # the libvirt connection of the libvirt backend
+    libvirt_domain_type: str = "auto"  # "kvm", "qemu" (TCG) or "auto": kvm where /dev/kvm opens
+    console_dir: str = ""  # where libvirt guests' serial consoles are logged; empty = state_dir/console
+    shutdown_timeout: float = 50.0  # seconds a libvirt guest gets to honour a clean shutdown
+    shutdown_resend: float = 5.0  # seconds between two clean shutdown requests to a libvirt guest
+    watchdog_device: str = "/dev/watchdog"  # host watchdog armed while HA is enabled (libvirt)
 
     def validate(self) -> "SlaveSettings":
         parse_endpoint(self.master, "--master")
@@ -118,4 +125,11 @@ class SlaveSettings:
         for name in ("boot_time", "clean_shutdown_time", "hard_shutdown_time", "pause_time"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0")
+        if self.backend not in ("simulated", "libvirt"):
+            raise SettingsError(f"backend must be simulated or libvirt, got {self.backend!r}")
+        if self.libvirt_domain_type not in ("auto", "kvm", "qemu"):
+            raise SettingsError("libvirt_domain_type must be auto, kvm or qemu, "
+                                f"got {self.libvirt_domain_type!r}")
+        _positive("shutdown_timeout", self.shutdown_timeout)
+        _positive("shutdown_resend", self.shutdown_resend)
         return self

@@ -311,8 +311,10 @@ class HeartbeatClient:
     async def _converse(self, call, stopping: asyncio.Future) -> None:
         composer = BeatComposer()
         snapshot = await self._current_domains()
-        await self._write(call, composer.hello(self.identity, self._hv.memory_total,
-                                               self._hv.memory_free, self._hv.enabled, snapshot))
+        hello = composer.hello(self.identity, self._hv.memory_total, self._hv.memory_free,
+                               self._hv.enabled, snapshot)
+        hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
+        await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
             wait = hello_timeout(self._interval)
@@ -352,7 +354,9 @@ class HeartbeatClient:
                 reader.result()  # raises the stream's error, if it ended with one
                 raise StreamEnded("master ended the stream")
             snapshot = await self._current_domains()
-            await self._write(call, composer.beat(self._hv.memory_free, snapshot))
+            beat = composer.beat(self._hv.memory_free, snapshot)
+            beat.beat.hypervisor_unavailable = not self._hv.available
+            await self._write(call, beat)
             due = next_tick(due, self._interval, loop.time())
 
     async def _read_replies(self, call, composer: BeatComposer) -> None:

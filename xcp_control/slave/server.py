@@ -30,7 +30,8 @@ from xcp_control.security import auth, pki
 from xcp_control import errors
 from xcp_control.errors import rpc_method
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
-from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
+from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
+from xcp_control.slave.hypervisor import BootSpec, Hypervisor
 from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.settings import SettingsError, SlaveSettings
 from xcp_control.rpc.options import server_options
@@ -70,7 +71,9 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
             raise errors.invalid_value("memory", request.memory)
         if request.vcpus < 1:
             raise errors.invalid_value("vcpus", request.vcpus)
-        domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused)
+        boot = BootSpec(request.pv_kernel, request.pv_ramdisk, request.pv_args)
+        domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused,
+                                      boot)
         return domain.to_proto()
 
     @rpc_method
@@ -210,7 +213,7 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
     if stop is None:
         stop = _stop_on_signals()
     host_uuid = load_or_create_host_uuid(Path(settings.state_dir))
-    hypervisor = SimulatedHypervisor.from_settings(host_uuid, settings)
+    hypervisor = await _hypervisor(host_uuid, settings)
     server_credentials, interceptors, channel_credentials = _security(settings, host_uuid)
     server, health_servicer, bound = await _start_server(settings, hypervisor,
                                                          server_credentials, interceptors)
@@ -230,7 +233,15 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
             beating.cancel()
     finally:
         await _stop_server(server, health_servicer)
+        await hypervisor.close()  # domains keep running: a restarted slave adopts them
     log.info("stopped")
+
+
+async def _hypervisor(host_uuid: str, settings: SlaveSettings) -> Hypervisor:
+    try:
+        return await make_hypervisor(host_uuid, settings)
+    except BackendUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _stop_reason(stop: asyncio.Future) -> str:
@@ -290,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(d, attr)
         p.add_argument(flag, dest=attr, type=_seconds, default=default, metavar="S",
                        help=f"seconds {what} (default {default})")
+    p.add_argument("--backend", default=d.backend, choices=("simulated", "libvirt"),
+                   help=f"hypervisor backend (default {d.backend})")
+    p.add_argument("--libvirt-uri", default=d.libvirt_uri, metavar="URI",
+                   help=f"libvirt connection of --backend libvirt (default {d.libvirt_uri})")
+    p.add_argument("--libvirt-domain-type", default=d.libvirt_domain_type,
+                   choices=("auto", "kvm", "qemu"), help="kvm, qemu (TCG), or auto: kvm "
+                   "where /dev/kvm opens (default auto)")
+    p.add_argument("--console-dir", default=d.console_dir, metavar="DIR",
+                   help="libvirt guests' serial console logs (default STATE_DIR/console)")
+    for flag, attr, what in (
+            ("--shutdown-timeout", "shutdown_timeout", "a libvirt guest gets to shut down "
+             "cleanly before it is hard-stopped"),
+            ("--shutdown-resend", "shutdown_resend", "between two clean shutdown requests")):
+        p.add_argument(flag, dest=attr, type=_seconds, default=getattr(d, attr), metavar="S",
+                       help=f"seconds {what} (default {getattr(d, attr)})")
     p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
                    help="pool certificates: speak only mutual TLS (default: plaintext)")
     p.add_argument("--log-level", default="INFO",
@@ -303,7 +329,10 @@ def settings_from_args(args: argparse.Namespace) -> SlaveSettings:
         advertise=args.advertise, memory=args.memory, boot_time=args.boot_time,
         clean_shutdown_time=args.clean_shutdown_time,
         hard_shutdown_time=args.hard_shutdown_time, pause_time=args.pause_time,
-        reconnect_cap=args.reconnect_cap, tls_dir=args.tls_dir)
+        reconnect_cap=args.reconnect_cap, tls_dir=args.tls_dir, backend=args.backend,
+        libvirt_uri=args.libvirt_uri, libvirt_domain_type=args.libvirt_domain_type,
+        console_dir=args.console_dir, shutdown_timeout=args.shutdown_timeout,
+        shutdown_resend=args.shutdown_resend)
 
 
 def main(argv: list[str] | None = None) -> int:
