@@ -16,8 +16,6 @@ from typing import AsyncIterator, Iterable
 from xcp_control import errors
 from xcp_control.master.store import ADD, CLASSES, Change, Store
 
-SYNC = "sync"
-
 
 @dataclass(frozen=True)
 class Sync:
@@ -60,13 +58,12 @@ class Subscription:
 
 
 class EventHub:
-    """Fans committed changes out to watchers; registered as a store listener."""
+    """Fans committed changes out to watchers (`publish` is a store listener)."""
 
     def __init__(self, store: Store, queue_size: int) -> None:
         self._store = store
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
-        store.add_listener(self.publish)
 
     @property
     def watchers(self) -> int:
