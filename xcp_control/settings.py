@@ -243,6 +243,8 @@ class SlaveSettings:
                                       "shutdown before it is hard-stopped", metavar="S")
     shutdown_resend: float = setting(5.0, "seconds between two clean shutdown requests to a "
                                      "libvirt guest", metavar="S")
+    watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
+                                   "(slave/watchdog.py)", metavar="PATH")
 
     def validate(self) -> "SlaveSettings":
         parse_endpoint(self.master, "--master")
