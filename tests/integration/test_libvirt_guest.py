@@ -154,3 +154,53 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_libvirtd_restart_is_survived(lab, pool):
+    """libvirtd goes away under a running guest: QEMU keeps running, domain
+    calls fail with HYPERVISOR_UNAVAILABLE, the pool keeps the VM RUNNING
+    (reports carry the last list, flagged), and once libvirtd is back the
+    slave re-opens its connection and drives the same domain again."""
+    if not lab.owns_libvirtd:
+        pytest.skip("libvirtd was started outside this test run: not restarting it")
+    master, slave, made = pool
+    slave.start()
+    with channel(master.address) as ch:
+        api = stubs(ch)
+        live = lambda: api.hosts.GetHostMetrics(hs.GetHostMetricsRequest(uuid=slave.uuid)).live
+        wait_until(lambda: _quietly(live), 20, what="the slave to be live")
+        vm = api.vms.CreateVM(vs.CreateVMRequest(
+            name_label="survivor", memory=128 * MiB, vcpus=1, pv_kernel=lab.kernel,
+            pv_ramdisk=lab.initrd, pv_args="console=ttyS0")).uuid
+        made.append(vm)
+        api.vms.StartVM(vs.StartVMRequest(uuid=vm), timeout=60)
+        pid = lab.qemu_pid(vm)
+        lab.stop_libvirtd()
+        try:
+            assert _pid_alive(pid)
+            with pytest.raises(grpc.RpcError) as caught:
+                api.vms.PauseVM(vs.PauseVMRequest(uuid=vm), timeout=30)
+            assert error_reason(caught.value) == "HYPERVISOR_UNAVAILABLE"
+            assert "HYPERVISOR_UNAVAILABLE" in error_reason_or_ok(
+                lambda: api.vms.PauseVM(vs.PauseVMRequest(uuid=vm), timeout=30))
+            time.sleep(2)  # a few reports while libvirt is down
+            assert api.vms.GetVM(vs.GetVMRequest(uuid=vm)).power_state == dm.RUNNING
+        finally:
+            lab.start_libvirtd()
+        paused = wait_until(lambda: error_reason_or_ok(
+            lambda: api.vms.PauseVM(vs.PauseVMRequest(uuid=vm), timeout=30)) == "OK",
+            30, interval=0.5, what="the slave to drive the domain again")
+        assert paused and lab.domain_state(vm) == 3  # VIR_DOMAIN_PAUSED: the same domain
+        assert lab.qemu_pid(vm) == pid
+        halted = api.vms.ShutdownVM(vs.ShutdownVMRequest(uuid=vm, force=True), timeout=30)
+        assert halted.power_state == dm.HALTED
+        api.vms.DestroyVM(vs.DestroyVMRequest(uuid=vm))
+        wait_until(lambda: lab.qemu_pid(vm) is None, 10, what="QEMU to exit")
+
+
+def error_reason_or_ok(call) -> str:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return error_reason(exc)
+    return "OK"

@@ -24,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 QEMU_URI = "qemu:///system"
 PID_DIR = Path("/run/libvirt/qemu")
+INIT_MARK = "XCP-GUEST: init started"
 READY_MARK = "XCP-GUEST: ready"
 ACPI_MARK = "XCP-GUEST: acpi power button: powering off"
 IGNORING_MARK = "XCP-GUEST: ignoring acpi"
@@ -72,12 +73,12 @@ class LibvirtLab:
         self.consoles.mkdir(mode=0o755, exist_ok=True)
         return self
 
-    def _start_daemons(self) -> None:
-        for daemon in ("virtlogd", "libvirtd"):
+    def _start_daemons(self, daemons=("virtlogd", "libvirtd")) -> None:
+        for daemon in daemons:
             path = shutil.which(daemon) or f"/usr/sbin/{daemon}"
             self.started.append(subprocess.Popen(
                 [path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(self.dir / f"{daemon}.log", "wb"), start_new_session=True))
+                stderr=open(self.dir / f"{daemon}.log", "ab"), start_new_session=True))
         deadline = time.monotonic() + _DAEMON_START
         while not _answers():
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.started):
@@ -85,6 +86,20 @@ class LibvirtLab:
                 raise RuntimeError("libvirtd did not start: "
                                    + (self.dir / "libvirtd.log").read_text(errors="replace"))
             time.sleep(0.2)
+
+    @property
+    def owns_libvirtd(self) -> bool:
+        return len(self.started) == 2
+
+    def stop_libvirtd(self) -> None:
+        """Stop the libvirtd this lab started (QEMU processes keep running)."""
+        libvirtd = self.started.pop()
+        libvirtd.send_signal(signal.SIGTERM)
+        libvirtd.wait(timeout=15)
+
+    def start_libvirtd(self) -> None:
+        """Start it again; it re-attaches to the running QEMU processes."""
+        self._start_daemons(("libvirtd",))
 
     @property
     def kernel(self) -> str:
