@@ -3,15 +3,12 @@ private node per test (`test:///<file>`: in-process, no daemon)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-try:
-    import libvirt  # noqa: F401
-    HAVE_LIBVIRT = True
-except ImportError:
-    HAVE_LIBVIRT = False
+HAVE_LIBVIRT = importlib.util.find_spec("libvirt") is not None
 
 HOST = "11111111-1111-4111-8111-111111111111"
 GiB = 1024**3

@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt, node_uri
+from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt
 from xcp_control.errors import XcpError
 from xcp_control.model import HALTED, RUNNING
 from xcp_control.slave.hypervisor import BootSpec
@@ -133,9 +133,9 @@ def test_ignored_clean_shutdown_is_resent_then_hard_stopped(tmp_path, boot, monk
     """A guest that ignores ACPI: requests go unanswered (the test driver would
     honour them, so they are counted and dropped); after shutdown_timeout of
     the injected clock the domain is destroyed and reported HALTED."""
-    from xcp_control.slave import libvirt_backend
+    from xcp_control.slave import libvirt_calls
     requests = []
-    monkeypatch.setattr(libvirt_backend, "_request_shutdown",
+    monkeypatch.setattr(libvirt_calls, "request_shutdown",
                         lambda conn, vm: requests.append(vm) or True)
     ticks = itertools.count()
 
@@ -156,8 +156,8 @@ def test_ignored_clean_shutdown_is_resent_then_hard_stopped(tmp_path, boot, monk
 
 def test_destroy_during_clean_shutdown_fails_it_with_handle_invalid(tmp_path, boot,
                                                                     monkeypatch):
-    from xcp_control.slave import libvirt_backend
-    monkeypatch.setattr(libvirt_backend, "_request_shutdown", lambda conn, vm: True)
+    from xcp_control.slave import libvirt_calls
+    monkeypatch.setattr(libvirt_calls, "request_shutdown", lambda conn, vm: True)
 
     async def go():
         hv = await libvirt_hypervisor(tmp_path, 4 * GiB, shutdown_timeout=30.0,

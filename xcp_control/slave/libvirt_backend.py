@@ -32,7 +32,7 @@ import libvirt
 from xcp_control import errors
 from xcp_control.errors import XcpError
 from xcp_control.model import HALTED, PAUSED, RUNNING, state_name, state_names
-from xcp_control.slave import libvirt_xml
+from xcp_control.slave import libvirt_calls as calls, libvirt_xml
 from xcp_control.slave.hypervisor import BootSpec, DomainInfo, Hypervisor
 from xcp_control.slave.libvirt_connection import LibvirtConnection
 
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-# libvirt's states as ours; SHUTOFF and CRASHED domains are gone (transient).
-_STATES = {
-    libvirt.VIR_DOMAIN_RUNNING: RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: RUNNING,
-    libvirt.VIR_DOMAIN_SHUTDOWN: RUNNING,  # shutting down, still running
-    libvirt.VIR_DOMAIN_PAUSED: PAUSED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: PAUSED,
-    libvirt.VIR_DOMAIN_NOSTATE: RUNNING,
-}
 _GONE_EVENTS = (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED)
 
 
@@ -79,6 +70,8 @@ class LibvirtHypervisor(Hypervisor):
         self._gone: dict[str, asyncio.Event] = {}  # set when the domain stops
         self._dirty = False
         self._resync: asyncio.Task | None = None
+        self._writes = 0  # bumped by every operation's update of the list
+        self._written: dict[str, int] = {}  # vm -> value of _writes at its last update
         self._conn = LibvirtConnection(uri, host_uuid, self._on_event, self._on_up,
                                        self._on_down)
 
@@ -101,7 +94,7 @@ class LibvirtHypervisor(Hypervisor):
                     paused: bool = False, boot: BootSpec | None = None) -> DomainInfo:
         boot = boot or BootSpec()
         self._check_boot(boot)
-        with self._operation(vm_uuid, "start"):
+        with self._operation(vm_uuid, "start") as op:
             existing = self._domains.get(vm_uuid)
             if existing is not None:
                 raise errors.vm_bad_power_state(vm_uuid, state_name(HALTED),
@@ -114,8 +107,11 @@ class LibvirtHypervisor(Hypervisor):
             try:
                 xml = libvirt_xml.domain_xml(
                     vm_uuid, self.host_uuid, memory, vcpus, boot,
-                    domain_type=await self._type(), console_log=str(self.console_log(vm_uuid)))
-                info = await self._call(vm_uuid, _create, xml, paused)
+                    domain_type=self._type(), console_log=str(self.console_log(vm_uuid)))
+                info = await self._call(vm_uuid, calls.create, xml, paused)
+                if op.destroyed:  # a destroy came while libvirt was creating it
+                    await self._call(vm_uuid, calls.destroy_if_active)
+                    raise errors.handle_invalid("vm", vm_uuid)
             finally:
                 del self._starting[vm_uuid]
             self._set(info)
@@ -128,9 +124,9 @@ class LibvirtHypervisor(Hypervisor):
             try:
                 if not force:
                     if info.state == PAUSED:  # a paused guest cannot see the request
-                        await self._call(vm_uuid, _by_uuid(lambda d: d.resume()))
+                        await self._call(vm_uuid, calls.by_uuid(lambda d: d.resume()))
                     await self._clean_shutdown(vm_uuid, gone)
-                await self._call(vm_uuid, _destroy_if_active)
+                await self._call(vm_uuid, calls.destroy_if_active)
             finally:
                 self._gone.pop(vm_uuid, None)
             if op.destroyed:
@@ -143,7 +139,7 @@ class LibvirtHypervisor(Hypervisor):
             info = self._require(vm_uuid, RUNNING)
             # Clean: an ACPI request (libvirt restarts the domain when the guest
             # powers off); hard: a reset, as a power-cycle of the board.
-            await self._call(vm_uuid, _by_uuid(
+            await self._call(vm_uuid, calls.by_uuid(
                 (lambda d: d.reset(0)) if force else (lambda d: d.reboot(0))))
             return info
 
@@ -159,7 +155,7 @@ class LibvirtHypervisor(Hypervisor):
         operation = self._operations.get(vm_uuid)
         if operation is not None:
             operation.destroyed = True
-        await self._call(vm_uuid, _destroy_if_active)
+        await self._call(vm_uuid, calls.destroy_if_active)
         self._remove(vm_uuid)
 
     async def list_domains(self) -> list[DomainInfo]:
@@ -201,7 +197,7 @@ class LibvirtHypervisor(Hypervisor):
         caller's destroy hard-stops it."""
         deadline = self._clock() + self._shutdown_timeout
         while True:
-            if not await self._call(vm_uuid, _request_shutdown):
+            if not await self._call(vm_uuid, calls.request_shutdown):
                 return  # already off
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -220,7 +216,7 @@ class LibvirtHypervisor(Hypervisor):
                       action: Callable[[libvirt.virDomain], object]) -> DomainInfo:
         with self._operation(vm_uuid, name):
             info = self._require(vm_uuid, before)
-            await self._call(vm_uuid, _by_uuid(action))
+            await self._call(vm_uuid, calls.by_uuid(action))
             updated = DomainInfo(vm_uuid, after, info.memory, info.vcpus)
             self._set(updated)
             return updated
@@ -256,7 +252,7 @@ class LibvirtHypervisor(Hypervisor):
         parsed = urllib.parse.urlsplit(self._conn.uri)
         return not parsed.hostname and "+" not in parsed.scheme
 
-    async def _type(self) -> str:
+    def _type(self) -> str:
         if self._domain_type != "auto":
             return self._domain_type
         return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
@@ -266,18 +262,37 @@ class LibvirtHypervisor(Hypervisor):
         try:
             return await self._conn.call(fn, vm_uuid, *args)
         except libvirt.libvirtError as exc:
-            raise _translate(exc, vm_uuid) from None
+            raise calls.translate(exc, vm_uuid) from None
 
     # -- the domain list -------------------------------------------------------
 
     def _set(self, info: DomainInfo) -> None:
+        self._wrote(info.vm_uuid)
         if self._domains.get(info.vm_uuid) != info:
             self._domains[info.vm_uuid] = info
             self._notify()
 
     def _remove(self, vm_uuid: str) -> None:
+        self._wrote(vm_uuid)
         if self._domains.pop(vm_uuid, None) is not None:
             self._notify()
+
+    def _wrote(self, vm_uuid: str) -> None:
+        self._writes += 1
+        self._written[vm_uuid] = self._writes
+
+    def _merge(self, listed: dict[str, DomainInfo], began: int) -> dict[str, DomainInfo]:
+        """A read that began before an operation's update is older than it for
+        that domain: keep the operation's result (the next read confirms it)."""
+        merged = dict(listed)
+        for vm, written in self._written.items():
+            if written > began:
+                if vm in self._domains:
+                    merged[vm] = self._domains[vm]
+                else:
+                    merged.pop(vm, None)
+        self._written = {vm: w for vm, w in self._written.items() if w > began}
+        return merged
 
     def _on_event(self, vm_uuid: str, event: int, detail: int) -> None:
         if event in _GONE_EVENTS and vm_uuid in self._gone:
@@ -305,98 +320,18 @@ class LibvirtHypervisor(Hypervisor):
         last read to finish began after the last event, so it is current."""
         while self._dirty:
             self._dirty = False
+            began = self._writes
             try:
-                listed = await self._conn.call(_read_domains, self.host_uuid)
+                listed = await self._conn.call(calls.read_domains, self.host_uuid)
             except XcpError:
                 return  # down: the re-open resyncs
             except libvirt.libvirtError as exc:
                 log.warning("could not list libvirt domains: %s", exc.get_error_message())
                 return
+            listed = self._merge(listed, began)
             if listed != self._domains:
                 adopted = listed.keys() - self._domains.keys() - self._operations.keys()
                 if adopted:
                     log.info("domains found running: %s", ", ".join(sorted(adopted)))
                 self._domains = listed
                 self._notify()
-
-
-# -- in worker threads --------------------------------------------------------
-
-
-def _lookup(conn: libvirt.virConnect, vm_uuid: str) -> libvirt.virDomain:
-    return conn.lookupByUUIDString(vm_uuid)
-
-
-def _by_uuid(action: Callable[[libvirt.virDomain], object]):
-    def run(conn: libvirt.virConnect, vm_uuid: str) -> None:
-        action(_lookup(conn, vm_uuid))
-    return run
-
-
-def _info(dom: libvirt.virDomain) -> DomainInfo | None:
-    state, _max_kib, memory_kib, vcpus, _cpu = dom.info()
-    ours = _STATES.get(state)
-    if ours is None:
-        return None
-    return DomainInfo(dom.UUIDString(), ours, memory_kib * libvirt_xml.KIB, vcpus)
-
-
-def _create(conn: libvirt.virConnect, vm_uuid: str, xml: str, paused: bool) -> DomainInfo:
-    try:
-        dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
-    except libvirt.libvirtError as exc:
-        if not paused or exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
-            raise
-        dom = conn.createXML(xml, 0)  # drivers without START_PAUSED (test:///)
-        dom.suspend()
-    info = _info(dom)
-    if info is None:  # stopped already: the guest died at once
-        raise errors.internal(f"domain {vm_uuid} stopped right after it was created")
-    return info
-
-
-def _request_shutdown(conn: libvirt.virConnect, vm_uuid: str) -> bool:
-    """One ACPI shutdown request; False when the domain is no longer running."""
-    try:
-        _lookup(conn, vm_uuid).shutdown()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
-            return False
-        raise
-    return True
-
-
-def _destroy_if_active(conn: libvirt.virConnect, vm_uuid: str) -> None:
-    try:
-        _lookup(conn, vm_uuid).destroy()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
-                                        libvirt.VIR_ERR_OPERATION_INVALID):
-            raise
-
-
-def _read_domains(conn: libvirt.virConnect, host_uuid: str) -> dict[str, DomainInfo]:
-    """The running domains tagged with `host_uuid`, by uuid."""
-    found: dict[str, DomainInfo] = {}
-    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-        try:
-            metadata = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, libvirt_xml.NAMESPACE)
-            if libvirt_xml.owner(metadata) != host_uuid:
-                continue
-            info = _info(dom)
-        except libvirt.libvirtError:
-            continue  # not ours (no metadata), or it went away meanwhile
-        if info is not None:
-            found[info.vm_uuid] = info
-    return found
-
-
-def _translate(exc: libvirt.libvirtError, vm_uuid: str) -> XcpError:
-    code = exc.get_error_code()
-    if code == libvirt.VIR_ERR_NO_DOMAIN:
-        return errors.handle_invalid("vm", vm_uuid)
-    if code == libvirt.VIR_ERR_OPERATION_INVALID:  # libvirt's state is not ours
-        log.info("libvirt refused an operation on %s: %s", vm_uuid, exc.get_error_message())
-        return errors.vm_bad_power_state(vm_uuid, "", "UNKNOWN")
-    log.warning("libvirt failed on domain %s: %s", vm_uuid, exc.get_error_message())
-    return errors.internal(f"libvirt: {exc.get_error_message()}")
