@@ -159,8 +159,9 @@ def _pid_alive(pid: int) -> bool:
 def test_libvirtd_restart_is_survived(lab, pool):
     """libvirtd goes away under a running guest: QEMU keeps running, domain
     calls fail with HYPERVISOR_UNAVAILABLE, the pool keeps the VM RUNNING
-    (reports carry the last list, flagged), and once libvirtd is back the
-    slave re-opens its connection and drives the same domain again."""
+    (reports carry the last list, flagged), also across a slave restart
+    meanwhile, and once libvirtd is back the slave re-opens its connection,
+    adopts the domain and drives it again."""
     if not lab.owns_libvirtd:
         pytest.skip("libvirtd was started outside this test run: not restarting it")
     master, slave, made = pool
@@ -185,6 +186,14 @@ def test_libvirtd_restart_is_survived(lab, pool):
                 lambda: api.vms.PauseVM(vs.PauseVMRequest(uuid=vm), timeout=30))
             time.sleep(2)  # a few reports while libvirt is down
             assert api.vms.GetVM(vs.GetVMRequest(uuid=vm)).power_state == dm.RUNNING
+            # A slave restarted now has never seen its domains: its reports say
+            # the hypervisor is unavailable, and the master keeps the VM RUNNING.
+            slave.kill()
+            slave.start()
+            wait_until(lambda: _quietly(live), 20, what="the restarted slave to be live")
+            time.sleep(2)
+            assert api.vms.GetVM(vs.GetVMRequest(uuid=vm)).power_state == dm.RUNNING
+            assert _pid_alive(pid)
         finally:
             lab.start_libvirtd()
         paused = wait_until(lambda: error_reason_or_ok(
