@@ -1,9 +1,10 @@
 """End to end with a real guest: xcp-master and an xcp-slave on --backend
 libvirt, libvirtd and QEMU (TCG), the busybox guest of scripts/build-guest.
 
-One scenario, in order (each guest boot costs 10-25 s under TCG on 2 cores):
+One scenario, in order (each guest boot costs 5-25 s under TCG on 2 cores):
 CreateVM, StartVM (the QEMU process exists, the guest's init prints its
-marker), PauseVM/UnpauseVM (libvirt agrees), a clean ShutdownVM the guest
+marker), PauseVM/UnpauseVM (libvirt agrees), RebootVM clean and hard (the
+guest boots again), a clean ShutdownVM the guest
 honours (ACPI), a guest that ignores ACPI is hard-stopped after the slave's
 --shutdown-timeout, SIGKILL of the slave leaves QEMU running and the restarted
 slave adopts the domain, a guest that powers itself off becomes HALTED in the
@@ -102,6 +103,14 @@ def test_real_guest_lifecycle_through_the_master(lab, pool):
         assert lab.domain_state(plain) == 3  # VIR_DOMAIN_PAUSED
         assert api.vms.UnpauseVM(vs.UnpauseVMRequest(uuid=plain)).power_state == dm.RUNNING
         assert lab.domain_state(plain) == 1  # VIR_DOMAIN_RUNNING
+        # Clean reboot: ACPI, the guest powers off, libvirt starts it again in
+        # the same QEMU; hard reboot: a reset. Each boots the guest once more.
+        for force, boots in ((False, 2), (True, 3)):
+            rebooted = api.vms.RebootVM(vs.RebootVMRequest(uuid=plain, force=force), timeout=60)
+            assert rebooted.power_state == dm.RUNNING
+            wait_until(lambda: lab.console(plain).count(READY_MARK) >= boots, BOOT_LIMIT,
+                       what=f"the guest to boot again (force={force})")
+        assert lab.qemu_pid(plain) == pid
         begun = time.monotonic()
         halted = api.vms.ShutdownVM(vs.ShutdownVMRequest(uuid=plain), timeout=60)
         assert halted.power_state == dm.HALTED
