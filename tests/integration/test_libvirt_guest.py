@@ -19,10 +19,11 @@ import time
 import grpc
 import pytest
 
-from tests.integration.pool_helpers import SlaveProcess, wait_until
+from tests.support.clients import channel, stubs
+from tests.support.daemons import MasterProcess, SlaveProcess
 from tests.support.libvirtd import ACPI_MARK, IGNORING_MARK, READY_MARK, LibvirtLab, \
     skip_unless_possible
-from tests.support.processes import MasterProcess, channel, stubs
+from tests.support.processes import wait_until
 from xcp.v1 import datamodel_pb2 as dm, host_service_pb2 as hs, vm_service_pb2 as vs
 from xcp_control.errors import XcpError
 
@@ -44,7 +45,7 @@ def lab():
 @pytest.fixture
 def pool(lab, tmp_path):
     master = MasterProcess(tmp_path / "pool.db", log_dir=tmp_path).start()
-    slave = SlaveProcess(master.address, "kvm1", tmp_path / "kvm1", tmp_path,
+    slave = SlaveProcess(master.address, tmp_path / "kvm1", name="kvm1", log_dir=tmp_path,
                          extra_args=["--memory", "1G", *lab.slave_args(SHUTDOWN_TIMEOUT)])
     made: list[str] = []
     try:
