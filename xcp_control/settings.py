@@ -291,6 +291,20 @@ class SlaveSettings:
     tls_dir: str = setting("", "pool certificates: speak only mutual TLS (default: plaintext)",
                            metavar="DIR")
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
+    backend: str = setting("simulated", "hypervisor backend", choices=("simulated", "libvirt"))
+    libvirt_uri: str = setting("qemu:///system", "libvirt connection of --backend libvirt",
+                               metavar="URI")
+    libvirt_domain_type: str = setting("auto", "libvirt domain type: kvm, qemu (TCG), or auto "
+                                       "(kvm where /dev/kvm opens)",
+                                       choices=("auto", "kvm", "qemu"))
+    console_dir: str = setting("", "where libvirt guests' serial consoles are logged "
+                               "(default: STATE_DIR/console)", metavar="DIR")
+    shutdown_timeout: float = setting(50.0, "seconds a libvirt guest gets to honour a clean "
+                                      "shutdown before it is hard-stopped", metavar="S")
+    shutdown_resend: float = setting(5.0, "seconds between two clean shutdown requests to a "
+                                     "libvirt guest", metavar="S")
+    watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
+                                   "(slave/watchdog.py)", metavar="PATH")
 
     def validate(self) -> "SlaveSettings":
         for master in self.master.split(","):
@@ -303,4 +317,11 @@ class SlaveSettings:
         for name in ("boot_time", "clean_shutdown_time", "hard_shutdown_time", "pause_time"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0")
+        if self.backend not in ("simulated", "libvirt"):
+            raise SettingsError(f"backend must be simulated or libvirt, got {self.backend!r}")
+        if self.libvirt_domain_type not in ("auto", "kvm", "qemu"):
+            raise SettingsError("libvirt_domain_type must be auto, kvm or qemu, "
+                                f"got {self.libvirt_domain_type!r}")
+        _positive("shutdown_timeout", self.shutdown_timeout)
+        _positive("shutdown_resend", self.shutdown_resend)
         return self

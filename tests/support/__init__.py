@@ -10,5 +10,6 @@ node_client  the Node.js client, or a skip with the reason
 lab          the fault tests' Lab (masters per module) and Case (one test's slaves)
 observers    what a fault test sees: Client, Pending calls, settle, the Watch recorder
 netns        test hosts: network namespaces that can be partitioned (root)
+libvirtd     real libvirt: libvirtd started where none runs, the guest, QEMU's side (root)
 fakes        the one fake gRPC call and servicer context of the unit tests
 """

@@ -166,6 +166,11 @@ def _vm_create_args(p: argparse.ArgumentParser) -> None:
                    help="host placement should prefer (uuid or name_label)")
     p.add_argument("--other-config", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="an other_config entry (repeatable)")
+    for flag, what in (("--pv-kernel", "guest kernel path on the hosts (libvirt backend)"),
+                       ("--pv-ramdisk", "guest initial ramdisk path on the hosts"),
+                       ("--pv-args", "guest kernel command line")):
+        p.add_argument(flag, default="", metavar="PATH" if "args" not in flag else "ARGS",
+                       help=what)
 
 
 def _vm_list_args(p: argparse.ArgumentParser) -> None:

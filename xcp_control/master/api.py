@@ -84,7 +84,8 @@ class VMServicer(vm_service_pb2_grpc.VMServiceServicer):
     @rpc_method
     async def CreateVM(self, request, context):
         return await self._pool.create_vm(request.name_label, request.memory, request.vcpus,
-                                          request.affinity, dict(request.other_config))
+                                          request.affinity, dict(request.other_config),
+                                          boot=validation.boot(request))
 
     @rpc_method
     async def GetVM(self, request, context):

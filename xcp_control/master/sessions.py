@@ -59,6 +59,7 @@ class HeartbeatSessions:
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
         self._not_live_listeners: list[Callable[[str], None]] = []
+        self._hypervisor_unavailable: set[str] = set()  # hosts whose reports say so
         self._closing = False
         # With several masters: the epoch to answer a Hello with, or
         # HOST_IS_SLAVE naming the leader when this master does not lead.
@@ -90,8 +91,11 @@ class HeartbeatSessions:
         session = Session(host, self._liveness.attach(host), epoch)
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
-        self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
+        if self._hypervisor_down(host, hello.hypervisor_unavailable):
+            return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                                 report_interval_ms=self._report_ms, epoch=epoch)
+        self._take_domains(host, hello.domains_digest, hello.domains)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
                                              report_interval_ms=self._report_ms,
                                              domains_ack=hello.domains_digest, epoch=epoch)
@@ -111,6 +115,8 @@ class HeartbeatSessions:
         host = session.host
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, beat.memory_free, self._wall())
+        if self._hypervisor_down(host, beat.hypervisor_unavailable):
+            return None
         if beat.domains_included:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
@@ -137,6 +143,20 @@ class HeartbeatSessions:
         if self._liveness.detach(session.host, session.stream):
             how = "said goodbye" if goodbye else "lost its heartbeat stream"
             log.info("host %s %s: not live", session.host, how)
+
+    def _hypervisor_down(self, host: str, down: bool) -> bool:
+        """A slave that cannot reach its hypervisor (libvirt) knows nothing
+        new about its domains: its list must not halt the VMs it runs. Once
+        it is back, its digest differs and the master asks for the list."""
+        if down and host not in self._hypervisor_unavailable:
+            self._hypervisor_unavailable.add(host)
+            self._digests.pop(host, None)
+            log.warning("host %s cannot reach its hypervisor: its domain reports are "
+                        "ignored until it can", host)
+        elif not down and host in self._hypervisor_unavailable:
+            self._hypervisor_unavailable.discard(host)
+            log.info("host %s reaches its hypervisor again", host)
+        return down
 
     def _take_domains(self, host: str, digest: str,
                       domains: Sequence[slave_service_pb2.Domain]) -> None:

@@ -193,8 +193,10 @@ class HeartbeatClient:
     async def _converse(self, call, stopping: asyncio.Future) -> None:
         composer = BeatComposer()
         snapshot = await self._current_domains()
-        await self._write(call, composer.hello(self.identity, self._hv.memory_total,
-                                               self._hv.memory_free, self._hv.enabled, snapshot))
+        hello = composer.hello(self.identity, self._hv.memory_total, self._hv.memory_free,
+                               self._hv.enabled, snapshot)
+        hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
+        await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
             wait = hello_timeout(self._interval)
@@ -231,7 +233,10 @@ class HeartbeatClient:
             memory = self._hv.memory_free
             if policy.due(loop.time(), memory, self._domains_stale() or composer.must_resend):
                 snapshot = await self._current_domains()
-                await self._write(call, composer.beat(memory, snapshot))
+                beat = composer.beat(memory, snapshot)
+                # A backend that lost its hypervisor (libvirt) says so: its list is stale.
+                beat.beat.hypervisor_unavailable = not self._hv.available
+                await self._write(call, beat)
                 policy.sent(loop.time(), memory)
                 self.reports += 1
             waker = asyncio.ensure_future(self._changed.wait())

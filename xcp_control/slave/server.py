@@ -25,7 +25,8 @@ from xcp_control.security import setup as security
 from xcp_control.settings import SlaveSettings
 from xcp_control.slave.fencing import EpochFence, FenceInterceptor
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
-from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
+from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
+from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
 from xcp_control.slave.service import SLAVE_SERVICE, SlaveServicer
 
@@ -60,9 +61,9 @@ class Slave:
         try:
             self.host_uuid = load_or_create_host_uuid(Path(s.state_dir))
             sec = security.for_host(s.tls_dir, self.host_uuid)
-        except (IdentityError, security.MissingCertificate) as exc:
+            self.hypervisor = await make_hypervisor(self.host_uuid, s)
+        except (IdentityError, security.MissingCertificate, BackendUnavailable) as exc:
             raise StartupError(str(exc)) from None
-        self.hypervisor = SimulatedHypervisor.from_settings(self.host_uuid, s)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
         log.info("host %s (%s) serving on %s, master %s", self.host_uuid, identity.name_label,
@@ -104,6 +105,8 @@ class Slave:
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(_STOP_GRACE)
+        if self.hypervisor is not None:
+            await self.hypervisor.close()  # domains keep running: a restarted slave adopts them
 
 
 def main(argv: list[str] | None = None) -> int:
