@@ -60,6 +60,7 @@ class MasterSettings:
     # A second HOST:PORT, TLS without client certificates: callers name themselves
     # with a bearer token, load balancers check health with nothing; empty = none.
     token_listen: str = ""
+    metrics_listen: str = ""  # HOST:PORT serving Prometheus text at /metrics; empty = off
     timeouts: OperationTimeouts = field(default_factory=OperationTimeouts)  # per-operation budgets
 
     @property
@@ -73,6 +74,8 @@ class MasterSettings:
             if not self.tls_dir:
                 raise SettingsError("--token-listen needs --tls-dir: it is a TLS endpoint "
                                     "(without TLS every caller is trusted anyway)")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
         for name in ("heartbeat_interval", "dead_after", "contact_timeout", "reaper_tick",
                      "metrics_write_interval"):
             _positive(name, getattr(self, name))
@@ -107,9 +110,12 @@ class SlaveSettings:
     pause_time: float = 0.02  # seconds a simulated pause or unpause takes
     reconnect_cap: float = 1.0  # longest backoff between two attempts to reach the master
     tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
+    metrics_listen: str = ""  # HOST:PORT serving Prometheus text at /metrics; empty = off
 
     def validate(self) -> "SlaveSettings":
         parse_endpoint(self.master, "--master")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
         parse_endpoint(self.listen, "--listen")
         if self.advertise:
             parse_endpoint(self.advertise, "--advertise")

@@ -17,10 +17,17 @@ Rules:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Callable, Iterable
 
 FlipListener = Callable[[str, bool], None]
+
+# Why a host flipped: the `cause` label of xcp_host_flips_total.
+BEAT = "beat"  # to live: a Hello or beat from a host that was not live
+STREAM_ENDED = "stream_ended"  # its heartbeat stream ended (crash, reset) without a goodbye
+GOODBYE = "goodbye"  # the slave stopped cleanly and said so
+REAPER = "reaper"  # silent for longer than dead_after
+DECLARED_DEAD = "declared_dead"  # an operator's DeclareDead
 
 
 class Liveness:
@@ -36,6 +43,9 @@ class Liveness:
         self._streams: dict[str, int] = {}
         self._next_stream = 0
         self._listeners: list[FlipListener] = []
+        # Flips so far by (live, cause): one increment per flip, never per beat;
+        # the metrics collector reads it at scrape time.
+        self.flips: Counter[tuple[bool, str]] = Counter()
 
     def add_listener(self, listener: FlipListener) -> None:
         """Call listener(host, live) whenever a host's live flag flips."""
@@ -59,13 +69,17 @@ class Liveness:
     def live_count(self) -> int:
         return len(self._last_seen)
 
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
     def beat(self, host: str, now: float) -> None:
         """A heartbeat (or a Hello) from `host` arrived at `now`."""
         was_live = host in self._last_seen
         self._last_seen[host] = now
         self._last_seen.move_to_end(host)
         if not was_live:
-            self._flip(host, True)
+            self._flip(host, True, BEAT)
 
     def reap(self, now: float) -> list[str]:
         """Mark hosts silent for longer than dead_after not live; return them."""
@@ -77,12 +91,12 @@ class Liveness:
             if now - seen <= self._dead_after:
                 break
             dead.append(host)
-            self._mark_down(host)
+            self._mark_down(host, REAPER)
         return dead
 
-    def mark_down(self, host: str) -> bool:
-        """The host is known to be down (goodbye, DeclareDead). True if it flipped."""
-        return self._mark_down(host)
+    def mark_down(self, host: str, cause: str = DECLARED_DEAD) -> bool:
+        """The host is known to be down (DeclareDead). True if it flipped."""
+        return self._mark_down(host, cause)
 
     def forget(self, host: str) -> None:
         self._last_seen.pop(host, None)
@@ -99,20 +113,22 @@ class Liveness:
     def is_current(self, host: str, stream: int) -> bool:
         return self._streams.get(host) == stream
 
-    def detach(self, host: str, stream: int) -> bool:
-        """A stream ended without a newer one: the host is down at once.
-        True if it flipped; a superseded stream's end changes nothing."""
+    def detach(self, host: str, stream: int, cause: str = STREAM_ENDED) -> bool:
+        """A stream ended without a newer one (cause: STREAM_ENDED or GOODBYE):
+        the host is down at once. True if it flipped; a superseded stream's end
+        changes nothing."""
         if not self.is_current(host, stream):
             return False
         del self._streams[host]
-        return self._mark_down(host)
+        return self._mark_down(host, cause)
 
-    def _mark_down(self, host: str) -> bool:
+    def _mark_down(self, host: str, cause: str) -> bool:
         if self._last_seen.pop(host, None) is None:
             return False
-        self._flip(host, False)
+        self._flip(host, False, cause)
         return True
 
-    def _flip(self, host: str, live: bool) -> None:
+    def _flip(self, host: str, live: bool, cause: str) -> None:
+        self.flips[(live, cause)] += 1
         for listener in self._listeners:
             listener(host, live)

@@ -32,6 +32,7 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
+from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
 from xcp_control.settings import MasterSettings, SettingsError
 from xcp_control.master.sqlite_store import SqliteStore
@@ -67,6 +68,8 @@ class Master:
         self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
         self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
+        self.metrics: MasterMetrics | None = None  # with --metrics-listen
+        self.metrics_address = ""  # HOST:PORT of /metrics, if served
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -88,9 +91,12 @@ class Master:
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
                                    credentials=channel_credentials)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
+        self._wire_metrics()
         self._server = self._build_server(interceptors)
         self.address = bind(self._server, s.listen, server_credentials)
         self.token_address = self._bind_token_endpoint()
+        if self.metrics is not None:
+            self.metrics_address = self.metrics.serve(s.metrics_listen)
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
         await add_standard_services(self._server, SERVICES)
@@ -103,6 +109,21 @@ class Master:
         if self.token_address:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
+
+    # -- metrics (master/prometheus.py): everything they hook, in one place --
+    def _wire_metrics(self) -> None:
+        """With --metrics-listen: scrape-time sources, then the listeners that
+        time forwarded calls and commits; the API interceptor is added by
+        _build_server."""
+        if not self.settings.metrics_listen:
+            return
+        metrics = self.metrics = MasterMetrics()
+        sources = PoolSources(self.liveness, self.sessions, self.loop_lag, self.hub,
+                              self.forwarder, lambda: len(self.store.list("host")))
+        metrics.add_source(lambda: pool_families(sources))
+        self.forwarder.add_call_listener(metrics.observe_forwarded)
+        self.store.add_commit_observer(metrics.observe_commit)
+    # -- end of metrics --
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
@@ -130,8 +151,9 @@ class Master:
                     credentials.token_server_credentials(tlsdir, tlsdir.master()))
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
+        counted = [self.metrics.api] if self.metrics is not None else []  # outermost: counts all
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
-                                 interceptors=[DecodeGuard(), *interceptors])
+                                 interceptors=[*counted, DecodeGuard(), *interceptors])
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
             api.HostServicer(self.pool, self.lifecycle, self.listing), server)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
@@ -160,6 +182,8 @@ class Master:
             await self._server.stop(grace)
         await self.forwarder.close()
         await self.store.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 def parse_args(argv: list[str] | None) -> MasterSettings:
@@ -183,6 +207,8 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     p.add_argument("--shed-lag", type=float, default=d.shed_lag, metavar="S",
                    help="refuse new heartbeat streams (TOO_BUSY) while the event loop lags "
                         "more than this; 0 never (default %(default)s)")
+    p.add_argument("--metrics-listen", default=d.metrics_listen, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -190,7 +216,8 @@ def parse_args(argv: list[str] | None) -> MasterSettings:
     return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
                           dead_after=a.dead_after, contact_timeout=a.contact_timeout,
                           startup_grace=a.startup_grace, tls_dir=a.tls_dir,
-                          token_listen=a.token_listen, shed_lag=a.shed_lag)
+                          token_listen=a.token_listen, shed_lag=a.shed_lag,
+                          metrics_listen=a.metrics_listen)
 
 
 async def run(settings: MasterSettings) -> None:
@@ -198,6 +225,8 @@ async def run(settings: MasterSettings) -> None:
     address = await master.start()
     if master.token_address:  # first: "listening on" tells readers the master is up
         print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
+    if master.metrics_address:
+        print(f"xcp-master: metrics on http://{master.metrics_address}/metrics", flush=True)
     print(f"xcp-master: listening on {address}", flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ from xcp_control import errors
 from xcp_control.errors import rpc_method
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
+from xcp_control.slave.prometheus import SlaveMetrics
 from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.settings import SettingsError, SlaveSettings
 from xcp_control.rpc.options import server_options
@@ -212,9 +213,15 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
     host_uuid = load_or_create_host_uuid(Path(settings.state_dir))
     hypervisor = SimulatedHypervisor.from_settings(host_uuid, settings)
     server_credentials, interceptors, channel_credentials = _security(settings, host_uuid)
+    metrics = SlaveMetrics(hypervisor) if settings.metrics_listen else None
+    counted = [metrics.calls] if metrics is not None else []
     server, health_servicer, bound = await _start_server(settings, hypervisor,
-                                                         server_credentials, interceptors)
+                                                         server_credentials,
+                                                         [*counted, *interceptors])
     try:
+        if metrics is not None:
+            metrics_address = _serve_metrics(metrics, settings.metrics_listen)
+            print(f"{PROG}: metrics on http://{metrics_address}/metrics", flush=True)
         print(f"{PROG}: host {host_uuid} listening on {bound}", flush=True)
         identity = HostIdentity(host_uuid, _name_label(settings), settings.advertise or bound)
         log.info("host %s (%s) serving on %s, master %s", host_uuid, identity.name_label,
@@ -222,6 +229,8 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
         client = HeartbeatClient(settings.master, identity, hypervisor,
                                  reconnect_cap=settings.reconnect_cap,
                                  credentials=channel_credentials)
+        if metrics is not None:
+            metrics.heartbeat = client
         beating = asyncio.create_task(client.run())
         try:
             await stop
@@ -230,7 +239,16 @@ async def serve(settings: SlaveSettings, stop: asyncio.Future | None = None) -> 
             beating.cancel()
     finally:
         await _stop_server(server, health_servicer)
+        if metrics is not None:
+            await metrics.stop()
     log.info("stopped")
+
+
+def _serve_metrics(metrics: SlaveMetrics, listen: str) -> str:
+    try:
+        return metrics.serve(listen)
+    except PortInUse as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _stop_reason(stop: asyncio.Future) -> str:
@@ -292,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"seconds {what} (default {default})")
     p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
                    help="pool certificates: speak only mutual TLS (default: plaintext)")
+    p.add_argument("--metrics-listen", default=d.metrics_listen, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level")
     return p
@@ -303,7 +323,8 @@ def settings_from_args(args: argparse.Namespace) -> SlaveSettings:
         advertise=args.advertise, memory=args.memory, boot_time=args.boot_time,
         clean_shutdown_time=args.clean_shutdown_time,
         hard_shutdown_time=args.hard_shutdown_time, pause_time=args.pause_time,
-        reconnect_cap=args.reconnect_cap, tls_dir=args.tls_dir)
+        reconnect_cap=args.reconnect_cap, tls_dir=args.tls_dir,
+        metrics_listen=args.metrics_listen)
 
 
 def main(argv: list[str] | None = None) -> int:
