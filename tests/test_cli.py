@@ -25,6 +25,7 @@ from xcp_control.security import auth, pki
 from xcp_control.cli import app, client, render
 from xcp_control.cli.client import CliError, classify
 from xcp_control.errors import XcpError
+from xcp_control.settings import parse_size
 
 H1 = "11111111-1111-4111-8111-111111111111"
 H2 = "22222222-2222-4222-8222-222222222222"
@@ -73,13 +74,13 @@ def test_human_bytes(n, text):
                                      ("512M", 512 * 1024**2), ("1.5g", GiB * 3 // 2),
                                      ("2k", 2048)])
 def test_parse_size(text, n):
-    assert render.parse_size(text) == n
+    assert parse_size(text) == n
 
 
 @pytest.mark.parametrize("text", ["", "G", "1X", "-1G", "one"])
 def test_parse_size_refuses(text):
     with pytest.raises(ValueError):
-        render.parse_size(text)
+        parse_size(text)
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0.0s"), (0.44, "0.4s"), (-3, "0.0s"),

@@ -31,6 +31,7 @@ def run(body, tmp_path, queue_size: int = 100, **store_kwargs):
     async def main():
         store = await SqliteStore(str(tmp_path / "pool.db"), **store_kwargs).open()
         hub = EventHub(store, queue_size)
+        store.add_listener(hub.publish)
         try:
             return await asyncio.wait_for(body(store, hub), 60)
         finally:

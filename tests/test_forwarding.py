@@ -60,7 +60,9 @@ def test_catalogued_slave_error_passes_through_unchanged():
 
 def make_forwarder():
     liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
-    return Forwarder(FakeStore(), liveness, contact_timeout=2.0, clock=lambda: 0.0), liveness
+    forwarder = Forwarder(FakeStore(), liveness, contact_timeout=2.0, clock=lambda: 0.0)
+    liveness.add_listener(forwarder.on_flip)
+    return forwarder, liveness
 
 
 def test_host_not_live_is_offline_without_a_channel():

@@ -16,6 +16,7 @@ def sessions(world: World, loop_lag: LoopLag | None = None) -> tuple[HeartbeatSe
     mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW, write_interval=30.0)
     hb = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW,
                            loop_lag=loop_lag, wall_clock=lambda: 1.7e9)
+    world.liveness.add_listener(hb.on_flip)
     reports: list = []
     hb.add_domains_listener(lambda host, domains: reports.append((host, list(domains))))
     return hb, reports

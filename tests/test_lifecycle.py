@@ -9,6 +9,7 @@ import pytest
 from tests.test_pool import GIB, NOW, World, run
 from xcp_control.errors import XcpError
 from xcp_control.master.sessions import HeartbeatSessions
+from xcp_control.master.reconcile import Reconciler
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.settings import OperationTimeouts
@@ -47,7 +48,12 @@ def lifecycle(world: World) -> tuple[Lifecycle, ScriptedForwarder]:
     forwarder = ScriptedForwarder()
     mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW, write_interval=30.0)
     sessions = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW)
-    return Lifecycle(world.pool, forwarder, OperationTimeouts(), sessions), forwarder
+    life = Lifecycle(world.pool, forwarder, OperationTimeouts())
+    reconciler = Reconciler(world.store, world.pool.locks, life.destroy_domain,
+                            sessions.request_domains)
+    sessions.add_domains_listener(reconciler.on_domains)
+    world.liveness.add_listener(life.on_flip)
+    return life, forwarder
 
 
 async def reason(awaitable) -> str:

@@ -6,13 +6,20 @@ from tests.test_pool import NOW, World, run
 from xcp_control.master.listing import HostListing
 
 
+def wired(listing: HostListing, w: World) -> HostListing:
+    """Registered as the master registers it (master/server.py)."""
+    w.store.add_listener(listing.on_changes)
+    w.liveness.add_listener(listing.on_flip)
+    return listing
+
+
 def test_flips_refresh_one_entry_and_beats_refresh_once_a_second(tmp_path):
     async def body(w: World):
         now = [NOW]
         a = await w.add_host("a")
         b = await w.add_host("b")
         w.pool.mirror.report(a.uuid, 7, wall=1_000.0, memory_total=8)
-        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: now[0])
+        listing = wired(HostListing(w.store, w.liveness, w.pool.mirror, lambda: now[0]), w)
         first = listing.response()
         assert [h.name_label for h in first.hosts] == ["a", "b"]
         assert first.host_metrics[0].last_updated.seconds == 1_000
@@ -27,7 +34,7 @@ def test_flips_refresh_one_entry_and_beats_refresh_once_a_second(tmp_path):
 
 def test_a_new_host_in_the_store_rebuilds_the_answer(tmp_path):
     async def body(w: World):
-        listing = HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW)
+        listing = wired(HostListing(w.store, w.liveness, w.pool.mirror, lambda: NOW), w)
         assert list(listing.response().hosts) == []
         c = await w.add_host("c")
         answer = listing.response()

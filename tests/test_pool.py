@@ -62,6 +62,7 @@ def run(body, tmp_path):
         store = await SqliteStore(str(tmp_path / "pool.db")).open()
         liveness = Liveness(dead_after=3.0, grace=0.0, started_at=NOW)
         mirror = MetricsMirror(store, liveness, clock=lambda: NOW, write_interval=30.0)
+        liveness.add_listener(mirror.on_flip)
         locks = OperationLocks()
         world = World(store, liveness, Pool(store, liveness, mirror, locks), locks)
         try:

@@ -1,5 +1,11 @@
 """Settings of the master and the slave: frozen, documented, validated at start-up.
 
+Each setting is declared once, as a dataclass field made by `setting()`: its
+default, its one line of doc, and whether (and how) the command line sets it.
+`add_arguments` derives the argparse options from those fields and
+`from_args` builds the settings back from the parsed namespace, so a new
+command-line setting is one line here.
+
 Defaults are DESIGN.md's timing table. `validate()` refuses combinations that
 would make the timing promises false (a dead_after not larger than the
 heartbeat interval would mark healthy hosts dead between two beats).
@@ -7,11 +13,100 @@ heartbeat interval would mark healthy hosts dead between two beats).
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import re
 from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class SettingsError(ValueError):
     """A setting is out of range; the message says which and why."""
+
+
+# -- values from the command line ------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "1073741824", "1G", "1GiB", "512M", "1.5g" (binary multiples).
+    Raises ValueError for anything else. The one size parser: slave flags and
+    the `xcp` CLI both use it."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G, 1073741824)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def _argparse_type(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """`parse` as an argparse type: a ValueError becomes a usage error (exit 2)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    convert.__name__ = what  # argparse names the type in its message
+    return convert
+
+
+SIZE = _argparse_type(parse_size, "a size (e.g. 64G, 512M, 1073741824)")
+SECONDS = _argparse_type(float, "a number of seconds")
+
+
+def setting(default: Any, doc: str, *, flag: str | None = None, metavar: str | None = None,
+            parse: Callable[[str], Any] | None = None, choices: tuple[str, ...] = (),
+            cli: bool = True) -> Any:
+    """A settings field: its default, its doc line (also the --help text), and
+    how the command line sets it (flag defaults to --field-name; cli=False for
+    settings only code and tests change)."""
+    meta = dict(doc=doc, flag=flag, metavar=metavar, parse=parse, choices=choices, cli=cli)
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _default_parser(f: dataclasses.Field) -> Callable[[str], Any]:
+    return f.metadata["parse"] or {"float": SECONDS, "int": int}.get(str(f.type), str)
+
+
+def _cli_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli")]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per command-line field of the settings class `cls`."""
+    defaults = cls()
+    for f in _cli_fields(cls):
+        default = getattr(defaults, f.name)
+        shown = "" if default in ("", None) else f" (default {default})"
+        kwargs: dict[str, Any] = dict(dest=f.name, default=default,
+                                      help=f.metadata["doc"] + shown)
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+        else:
+            kwargs["type"] = _default_parser(f)
+            kwargs["metavar"] = f.metadata["metavar"]
+        parser.add_argument(_flag(f), **kwargs)
+
+
+S = TypeVar("S")
+
+
+def from_args(cls: type[S], args: argparse.Namespace) -> S:
+    """The settings the parsed command line asks for (defaults elsewhere)."""
+    return cls(**{f.name: getattr(args, f.name) for f in _cli_fields(cls)})
+
+
+# -- checks ----------------------------------------------------------------------
 
 
 def _positive(name: str, value: float) -> None:
@@ -25,6 +120,9 @@ def parse_endpoint(value: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingsError(f"{what} must be HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+# -- the settings ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,24 +142,40 @@ class OperationTimeouts:
 class MasterSettings:
     """Everything `xcp-master` needs; one instance per process."""
 
-    listen: str = "127.0.0.1:7000"  # HOST:PORT the master serves on
-    db_path: str = "./xcp-pool.db"  # SQLite file of the pool database
-    heartbeat_interval: float = 1.0  # seconds between a slave's beats (told to slaves)
-    dead_after: float = 3.0  # seconds of silence before a host is marked not live
-    contact_timeout: float = 2.0  # longest a forwarded call waits for a silent peer
-    startup_grace: float | None = None  # seconds hosts keep their stored state; None = dead_after
-    reaper_tick: float = 0.1  # seconds between two reaper passes
-    metrics_write_interval: float = 30.0  # least seconds between two metrics writes of one host
-    watch_queue_size: int = 10_000  # events buffered per watcher before it must resync
-    change_log_size: int = 100_000  # changes kept for Watch resume by token
-    max_message_bytes: int = 4 * 1024 * 1024  # largest request the master accepts
-    shed_lag: float = 0.5  # loop lag (s) above which new heartbeat streams get TOO_BUSY; 0 = never
-    tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
+    listen: str = setting("127.0.0.1:7000", "HOST:PORT to serve on", metavar="HOST:PORT")
+    db_path: str = setting("./xcp-pool.db", "SQLite file of the pool database", flag="--db",
+                           metavar="PATH")
+    heartbeat_interval: float = setting(1.0, "seconds between a slave's beats (told to slaves)",
+                                        metavar="S")
+    dead_after: float = setting(3.0, "seconds of silence before a host is marked not live",
+                                metavar="S")
+    contact_timeout: float = setting(2.0, "longest a forwarded call waits for a silent host",
+                                     metavar="S")
+    startup_grace: float | None = setting(
+        None, "seconds hosts keep their stored state after start (default: dead-after)",
+        metavar="S", parse=SECONDS)
+    tls_dir: str = setting("", "pool certificates (xcp pool-init): mutual TLS only "
+                           "(default: plaintext, for loopback experiments)", metavar="DIR")
     # A second HOST:PORT, TLS without client certificates: callers name themselves
-    # with a bearer token, load balancers check health with nothing; empty = none.
-    token_listen: str = ""
-    metrics_listen: str = ""  # HOST:PORT serving Prometheus text at /metrics; empty = off
-    timeouts: OperationTimeouts = field(default_factory=OperationTimeouts)  # per-operation budgets
+    # with a bearer token, load balancers check health with nothing.
+    token_listen: str = setting("", "also serve here with TLS but no client certificate: "
+                                "callers send a bearer token (xcp token-issue); needs --tls-dir",
+                                metavar="HOST:PORT")
+    shed_lag: float = setting(0.5, "refuse new heartbeat streams (TOO_BUSY) while the event "
+                              "loop lags more than this many seconds; 0 never", metavar="S")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
+    log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
+    reaper_tick: float = setting(0.1, "seconds between two reaper passes", cli=False)
+    metrics_write_interval: float = setting(
+        30.0, "least seconds between two writes of one host's metrics", cli=False)
+    watch_queue_size: int = setting(10_000, "events buffered per watcher before it must "
+                                    "resync", cli=False)
+    change_log_size: int = setting(100_000, "changes kept for Watch resume by token", cli=False)
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest request the master accepts",
+                                     cli=False)
+    timeouts: OperationTimeouts = setting(OperationTimeouts(), "per-operation budgets",
+                                          cli=False)
 
     @property
     def grace(self) -> float:
@@ -98,19 +212,31 @@ class MasterSettings:
 class SlaveSettings:
     """Everything `xcp-slave` needs; one instance per process."""
 
-    master: str = "127.0.0.1:7000"  # HOST:PORT of the master
-    listen: str = "127.0.0.1:0"  # HOST:PORT of SlaveService; port 0 picks a free one
-    name: str = ""  # name_label of this host; empty = the state dir's name
-    state_dir: str = "./xcp-slave"  # where the host uuid (and nothing else) persists
-    advertise: str = ""  # address reported to the master; empty = the bound listen address
-    memory: int = 64 * 1024**3  # bytes of memory domains may use on this host
-    boot_time: float = 0.2  # seconds the simulated hypervisor takes to start a domain
-    clean_shutdown_time: float = 0.5  # seconds a simulated guest takes to shut down cleanly
-    hard_shutdown_time: float = 0.05  # seconds a simulated power-off takes
-    pause_time: float = 0.02  # seconds a simulated pause or unpause takes
-    reconnect_cap: float = 1.0  # longest backoff between two attempts to reach the master
-    tls_dir: str = ""  # pool certificates (pki.py); empty = plaintext, for loopback experiments
-    metrics_listen: str = ""  # HOST:PORT serving Prometheus text at /metrics; empty = off
+    master: str = setting("127.0.0.1:7000", "the master's endpoint", metavar="HOST:PORT")
+    listen: str = setting("127.0.0.1:0", "where SlaveService listens; port 0 picks a free one",
+                          metavar="HOST:PORT")
+    advertise: str = setting("", "address reported to the master (default: the bound listen "
+                             "address)", metavar="HOST:PORT")
+    name: str = setting("", "name_label of this host (default: the state dir's name)")
+    state_dir: str = setting("./xcp-slave", "where the host uuid (and nothing else) persists",
+                             metavar="DIR")
+    memory: int = setting(64 * 1024**3, "bytes of memory domains may use, e.g. 64G",
+                          metavar="BYTES", parse=SIZE)
+    boot_time: float = setting(0.2, "seconds the simulated hypervisor takes to start a domain",
+                               metavar="S")
+    clean_shutdown_time: float = setting(0.5, "seconds a simulated guest takes to shut down "
+                                         "cleanly", metavar="S")
+    hard_shutdown_time: float = setting(0.05, "seconds a simulated power-off takes",
+                                        metavar="S")
+    pause_time: float = setting(0.02, "seconds a simulated pause or unpause takes",
+                                metavar="S")
+    reconnect_cap: float = setting(1.0, "longest backoff between two attempts to reach an "
+                                   "unreachable master", metavar="S")
+    tls_dir: str = setting("", "pool certificates: speak only mutual TLS (default: plaintext)",
+                           metavar="DIR")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
+    log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
 
     def validate(self) -> "SlaveSettings":
         parse_endpoint(self.master, "--master")

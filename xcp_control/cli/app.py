@@ -24,7 +24,7 @@ from xcp.v1 import vm_service_pb2 as vs
 from xcp_control.cli import certs, render
 from xcp_control.cli.client import (
     EXIT_CODES, INTERRUPTED, OK, USAGE, CliError, Connection, client_credentials)
-from xcp_control.settings import SettingsError, parse_endpoint
+from xcp_control.settings import SettingsError, parse_endpoint, parse_size
 
 DEFAULT_MASTER = "127.0.0.1:7000"
 READ_TIMEOUT = 30.0  # seconds: reads and record changes
@@ -49,7 +49,7 @@ def _seconds(text: str) -> float:
 
 def _size(text: str) -> int:
     try:
-        return render.parse_size(text)
+        return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -340,7 +340,7 @@ def _vm_arg(p: argparse.ArgumentParser) -> None:
 
 def _vm_create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name_label", metavar="NAME", help="the VM's name_label")
-    p.add_argument("--memory", type=_size, default=render.parse_size("1G"), metavar="SIZE",
+    p.add_argument("--memory", type=_size, default=parse_size("1G"), metavar="SIZE",
                    help="memory, e.g. 512M, 2G or bytes (default 1G)")
     p.add_argument("--vcpus", type=_count, default=1, metavar="N",
                    help="virtual CPUs (default 1)")

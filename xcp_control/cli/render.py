@@ -46,7 +46,6 @@ def to_json(message: Message, indent: int | None = 2) -> str:
 # -- sizes, times ----------------------------------------------------------------
 
 _UNITS = (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024))
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def human_bytes(n: int) -> str:
@@ -56,17 +55,6 @@ def human_bytes(n: int) -> str:
             text = f"{n / factor:.1f}".rstrip("0").rstrip(".")
             return f"{text}{unit}"
     return f"{n}B"
-
-
-def parse_size(text: str) -> int:
-    """Bytes from "1073741824", "1G", "1GiB", "512M", "1.5g" (binary multiples).
-    Raises ValueError for anything else."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G, 1073741824)")
-    number, unit = match.groups()
-    factor = dict(_UNITS).get(unit.upper(), 1) if unit else 1
-    return int(float(number) * factor)
 
 
 def timestamp_seconds(ts: Timestamp) -> float | None:

@@ -64,14 +64,13 @@ class Subscription:
 
 
 class EventHub:
-    """Fans committed changes out to watchers; registered as a store listener."""
+    """Fans committed changes out to watchers (`publish` is a store listener)."""
 
     def __init__(self, store: Store, queue_size: int) -> None:
         self._store = store
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
         self.events_lost = 0  # watchers answered EVENTS_LOST (cut off, or a stale token)
-        store.add_listener(self.publish)
 
     @property
     def watchers(self) -> int:

@@ -133,7 +133,6 @@ class Forwarder:
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
         self._call_listeners: list[CallListener] = []
-        liveness.add_listener(self._on_flip)
 
     def add_call_listener(self, listener: CallListener) -> None:
         """Tell listener(method, reason, seconds) how each forwarded call ended
@@ -228,7 +227,7 @@ class Forwarder:
         # Calls still on the old channel fail (CANCELLED: CANNOT_CONTACT_HOST).
         asyncio.ensure_future(peer.channel.close())
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         if live:
             return
         for flight in self._in_flight.get(host, ()):

@@ -44,7 +44,6 @@ class MetricsMirror:
         self._dirty: set[str] = set()  # hosts to write at once
         self._stale: set[str] = set()  # hosts whose figures wait for their interval
         self._wake = asyncio.Event()
-        liveness.add_listener(self._on_flip)
 
     def report(self, host: str, memory_free: int, wall: float,
                memory_total: int | None = None) -> None:
@@ -83,7 +82,7 @@ class MetricsMirror:
             metrics.last_updated.FromNanoseconds(int(seen.wall * 1e9))
             metrics.memory_total, metrics.memory_free = seen.memory_total, seen.memory_free
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         self._mark(host)
 
     def _mark(self, host: str) -> None:

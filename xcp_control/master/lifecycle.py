@@ -23,9 +23,8 @@ from xcp_control import validation
 from xcp_control.master import placement
 from xcp_control.errors import XcpError
 from xcp_control.master.forwarding import Forwarder
-from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.pool import Pool, bad_power_state
-from xcp_control.master.reconcile import RESIDENT, Reconciler
+from xcp_control.master.reconcile import RESIDENT
 from xcp_control.settings import OperationTimeouts
 from xcp_control.model import copy, halted, state_names, with_state
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
@@ -46,18 +45,12 @@ class VmOperation:
 class Lifecycle:
     """VM lifecycle and host enable/disable, forwarded to the hosts."""
 
-    def __init__(self, pool: Pool, forwarder: Forwarder, timeouts: OperationTimeouts,
-                 sessions: HeartbeatSessions) -> None:
+    def __init__(self, pool: Pool, forwarder: Forwarder, timeouts: OperationTimeouts) -> None:
         self._pool = pool
         self._store = pool.store
         self._forwarder = forwarder
         self._timeouts = timeouts
         self._reserved: dict[str, int] = {}  # host -> memory of starts in flight
-        self.reconciler = Reconciler(self._store, pool.locks, self.destroy_domain,
-                                     sessions.request_domains)
-        sessions.add_domains_listener(self.reconciler.on_domains)
-        pool.add_forget_listener(forwarder.forget)
-        pool.liveness.add_listener(self._on_flip)
         self._background: set[asyncio.Task] = set()
 
     # -- VMs -----------------------------------------------------------------
@@ -188,7 +181,7 @@ class Lifecycle:
             await self._store.put(updated)
             return updated
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         """A restarted slave comes back enabled (it keeps only its uuid): tell a
         host the operator disabled that it still is."""
         record = self._store.get("host", host)

@@ -36,8 +36,6 @@ class HostListing:
         self._stale = True
         self._flipped: set[str] = set()
         self._refreshed_at = float("-inf")
-        store.add_listener(self._on_changes)
-        liveness.add_listener(self._on_flip)
 
     def response(self) -> hs.ListHostsResponse:
         """Every host, ordered by name_label then uuid, with its metrics.
@@ -54,11 +52,11 @@ class HostListing:
         self._flipped.clear()
         return self._response
 
-    def _on_changes(self, changes: list[Change]) -> None:
+    def on_changes(self, changes: list[Change]) -> None:
         if any(c.class_name in HOST_CLASSES for c in changes):
             self._stale = True
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         self._flipped.add(host)
 
     def _rebuild(self) -> None:

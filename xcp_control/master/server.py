@@ -1,15 +1,15 @@
-"""xcp-master: the pool master process.
+"""xcp-master: the pool master process, and the one place that wires it.
 
-Wires the store, liveness, metrics mirror, forwarding and the servicers into
-one grpc.aio server, runs the reaper, and handles start-up and shutdown.
+`Master.start()` creates the pieces (store, liveness, metrics mirror,
+forwarding, lifecycle, the servicers) and `_wire()` registers, in one place and
+in order, who reacts to a host's liveness flip and to a store commit. Nothing
+registers itself in its own constructor.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import sqlite3
 import sys
 import time
@@ -17,11 +17,9 @@ from typing import Callable
 
 import grpc
 
+from xcp_control import daemon
 from xcp_control.master import api
-
-from xcp_control.rpc import credentials
-
-from xcp_control.security import auth, pki
+from xcp_control.security import setup as security
 from xcp_control.master.admission import LoopLag, watch_loop_lag
 from xcp_control.master.events import EventHub
 from xcp_control.master.forwarding import Forwarder
@@ -33,8 +31,10 @@ from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
-from xcp_control.rpc.server import DecodeGuard, add_standard_services, bind, service_name
-from xcp_control.settings import MasterSettings, SettingsError
+from xcp_control.master.reconcile import Reconciler
+from xcp_control.rpc.server import (DecodeGuard, PortInUse, add_standard_services, bind,
+                                    service_name)
+from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import server_options
 from xcp.v1 import (
@@ -77,24 +77,16 @@ class Master:
         """Bind, open the database, serve; the bound HOST:PORT. Binding comes
         first so that a master refused its port touches no database file."""
         s = self.settings
-        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
-        self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
-                                    s.metrics_write_interval)
-        self.hub = EventHub(self.store, s.watch_queue_size)
-        self.locks = OperationLocks()
-        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
-        self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
-        self.loop_lag = LoopLag(s.shed_lag)
-        self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
-                                          s.heartbeat_interval, self.clock, self.loop_lag)
-        server_credentials, interceptors, channel_credentials = self._security()
-        self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
-                                   credentials=channel_credentials)
-        self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts, self.sessions)
+        sec = security.for_master(s.tls_dir)
+        self._build(sec)
+        self._wire()
         self._wire_metrics()
-        self._server = self._build_server(interceptors)
-        self.address = bind(self._server, s.listen, server_credentials)
-        self.token_address = self._bind_token_endpoint()
+        self._server = self._build_server(sec.interceptors)
+        self.address = bind(self._server, s.listen, sec.server_credentials)
+        if s.token_listen:
+            # The same services and interceptor, but TLS that asks for no client
+            # certificate: a caller there is whoever its bearer token says.
+            self.token_address = bind(self._server, s.token_listen, sec.token_server_credentials)
         if self.metrics is not None:
             self.metrics_address = self.metrics.serve(s.metrics_listen)
         await self.store.open()
@@ -110,11 +102,57 @@ class Master:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
 
-    # -- metrics (master/prometheus.py): everything they hook, in one place --
+    def _build(self, sec: security.Security) -> None:
+        """Create the pieces; they know each other only through these arguments."""
+        s = self.settings
+        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
+        self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
+                                    s.metrics_write_interval)
+        self.hub = EventHub(self.store, s.watch_queue_size)
+        self.locks = OperationLocks()
+        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
+        self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
+        self.loop_lag = LoopLag(s.shed_lag)
+        self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
+                                          s.heartbeat_interval, self.clock, self.loop_lag)
+        self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
+                                   credentials=sec.channel_credentials)
+        self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
+        self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
+                                     self.sessions.request_domains)
+
+    def _wire(self) -> None:
+        """Who reacts to what, in the order the reactions must run.
+
+        A host's liveness flip (crash, reaper, goodbye, DeclareDead, or back):
+        1. forwarding fails the calls in flight to a host gone down with
+           HOST_OFFLINE and drops its channel: callers learn first, in
+           milliseconds, and a returning host gets a fresh connection;
+        2. the metrics mirror queues HostMetrics.live for the store: durable
+           soon, but never in the way of step 1 (a disk write can be slow);
+        3. heartbeat sessions forget the host's domain digest, so its next
+           report is taken whole and reconciled;
+        4. lifecycle re-disables a returning host the operator had disabled;
+        5. the ListHosts answer refreshes the host's entry.
+        Events (Watch) follow the store, not the flip: a flip reaches watchers
+        when step 2's write commits, like every other change.
+
+        A store commit: the event hub publishes it to watchers, then ListHosts
+        learns whether its answer must be rebuilt.
+        """
+        for on_flip in (self.forwarder.on_flip, self.mirror.on_flip, self.sessions.on_flip,
+                        self.lifecycle.on_flip, self.listing.on_flip):
+            self.liveness.add_listener(on_flip)
+        for on_commit in (self.hub.publish, self.listing.on_changes):
+            self.store.add_listener(on_commit)
+        self.sessions.add_domains_listener(self.reconciler.on_domains)
+        self.pool.add_forget_listener(self.forwarder.forget)
+
     def _wire_metrics(self) -> None:
-        """With --metrics-listen: scrape-time sources, then the listeners that
-        time forwarded calls and commits; the API interceptor is added by
-        _build_server."""
+        """With --metrics-listen (master/prometheus.py): what the scrape reads,
+        and the listeners that time forwarded calls and store commits; the API
+        interceptor goes first in _build_server. Metrics react to nothing:
+        they only read, so their place in _wire's order does not matter."""
         if not self.settings.metrics_listen:
             return
         metrics = self.metrics = MasterMetrics()
@@ -123,32 +161,9 @@ class Master:
         metrics.add_source(lambda: pool_families(sources))
         self.forwarder.add_call_listener(metrics.observe_forwarded)
         self.store.add_commit_observer(metrics.observe_commit)
-    # -- end of metrics --
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
-
-    def _security(self):
-        """(server credentials, interceptors, channel credentials to slaves);
-        None / empty without a TLS directory."""
-        if not self.settings.tls_dir:
-            return None, [], None
-        tlsdir = pki.TlsDir(self.settings.tls_dir)
-        authoriser = auth.Authoriser(auth.TokenBook(tlsdir), auth.master_policy)
-        return (credentials.server_credentials(tlsdir, tlsdir.master()),
-                [auth.AuthInterceptor(authoriser)],
-                credentials.channel_credentials(tlsdir, tlsdir.master()))
-
-    def _bind_token_endpoint(self) -> str:
-        """Bind the token endpoint, if asked for: the same services and the same
-        interceptor, but the TLS asks for no client certificate, so a caller
-        there is whoever its bearer token says (grpcio cannot make a client
-        certificate optional on one port)."""
-        if not self.settings.token_listen:
-            return ""
-        tlsdir = pki.TlsDir(self.settings.tls_dir)
-        return bind(self._server, self.settings.token_listen,
-                    credentials.token_server_credentials(tlsdir, tlsdir.master()))
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
         counted = [self.metrics.api] if self.metrics is not None else []  # outermost: counts all
@@ -171,7 +186,7 @@ class Master:
                 log.warning("host %s missed its heartbeats for %.1fs: not live",
                             host, self.settings.dead_after)
 
-    async def stop(self, grace: float = 1.0) -> None:
+    async def stop(self, reason: str = "shutdown", grace: float = 1.0) -> None:
         """Stop serving. Hosts keep their stored liveness: the streams this ends
         say nothing about them, and the next master judges them after its grace."""
         self.sessions.close()
@@ -186,62 +201,25 @@ class Master:
             await self.metrics.stop()
 
 
-def parse_args(argv: list[str] | None) -> MasterSettings:
-    d = MasterSettings()
-    p = argparse.ArgumentParser(prog="xcp-master", description="The xcp pool master.")
-    p.add_argument("--listen", default=d.listen, help="HOST:PORT to serve on (default %(default)s)")
-    p.add_argument("--db", default=d.db_path, help="SQLite pool database (default %(default)s)")
-    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval,
-                   metavar="S", help="seconds between heartbeats (default %(default)s)")
-    p.add_argument("--dead-after", type=float, default=d.dead_after, metavar="S",
-                   help="seconds of silence before a host is not live (default %(default)s)")
-    p.add_argument("--contact-timeout", type=float, default=d.contact_timeout, metavar="S",
-                   help="longest wait for a silent host (default %(default)s)")
-    p.add_argument("--startup-grace", type=float, default=None, metavar="S",
-                   help="seconds hosts keep their stored state after start (default: dead-after)")
-    p.add_argument("--tls-dir", default=d.tls_dir, metavar="DIR",
-                   help="pool certificates (xcp pool-init): mutual TLS only (default: plaintext)")
-    p.add_argument("--token-listen", default=d.token_listen, metavar="HOST:PORT",
-                   help="also serve here with TLS but no client certificate: callers send a "
-                        "bearer token (xcp token-issue); needs --tls-dir (default: none)")
-    p.add_argument("--shed-lag", type=float, default=d.shed_lag, metavar="S",
-                   help="refuse new heartbeat streams (TOO_BUSY) while the event loop lags "
-                        "more than this; 0 never (default %(default)s)")
-    p.add_argument("--metrics-listen", default=d.metrics_listen, metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return MasterSettings(listen=a.listen, db_path=a.db, heartbeat_interval=a.heartbeat_interval,
-                          dead_after=a.dead_after, contact_timeout=a.contact_timeout,
-                          startup_grace=a.startup_grace, tls_dir=a.tls_dir,
-                          token_listen=a.token_listen, shed_lag=a.shed_lag,
-                          metrics_listen=a.metrics_listen)
-
-
 async def run(settings: MasterSettings) -> None:
     master = Master(settings)
-    address = await master.start()
-    if master.token_address:  # first: "listening on" tells readers the master is up
-        print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
-    if master.metrics_address:
-        print(f"xcp-master: metrics on http://{master.metrics_address}/metrics", flush=True)
-    print(f"xcp-master: listening on {address}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("stopping")
-    await master.stop()
+
+    def started() -> None:
+        if master.token_address:  # first: "listening on" tells readers the master is up
+            print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
+        if master.metrics_address:
+            print(f"xcp-master: metrics on http://{master.metrics_address}/metrics", flush=True)
+        print(f"xcp-master: listening on {master.address}", flush=True)
+
+    await daemon.serve_until_signalled(master, started)
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = daemon.parse_settings("xcp-master", "The xcp pool master.", MasterSettings, argv)
+    daemon.configure_logging(settings.log_level)
     try:
-        settings = parse_args(argv).validate()
         asyncio.run(run(settings))
-    except SettingsError as exc:
+    except PortInUse as exc:
         print(f"xcp-master: {exc}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.Error) as exc:  # the database cannot be opened

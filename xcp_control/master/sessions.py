@@ -58,7 +58,6 @@ class HeartbeatSessions:
         # increment is the whole cost on the beat path (no lock, no label lookup).
         self.reports = 0  # Hellos and beats taken
         self.sheds = 0  # new streams refused TOO_BUSY
-        liveness.add_listener(self._on_flip)
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
@@ -151,7 +150,7 @@ class HeartbeatSessions:
             updated.address, updated.name_label = hello.address, name
             await self._store.put(updated)
 
-    def _on_flip(self, host: str, live: bool) -> None:
+    def on_flip(self, host: str, live: bool) -> None:
         """A host that was not live may come back on the stream it had (a host
         SIGSTOPped, or declared dead, then resumed): the master must not trust
         the domain list it held, since DeclareDead halted its VMs and they may

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from xcp.v1 import datamodel_pb2, slave_service_pb2
+from xcp.v1 import slave_service_pb2
 from xcp_control import errors
 from xcp_control.model import HALTED, PAUSED, RUNNING, state_name, state_names
 

@@ -1,0 +1,69 @@
+"""SlaveService: the domain operations the master forwards to this host.
+Thin: proto in, hypervisor call, proto out; the backend raises catalogued
+errors, which pass through unchanged."""
+
+from __future__ import annotations
+
+from xcp.v1 import slave_service_pb2 as pb
+from xcp.v1 import slave_service_pb2_grpc as pb_grpc
+from xcp_control import errors
+from xcp_control.errors import rpc_method
+from xcp_control.slave.hypervisor import Hypervisor
+
+SLAVE_SERVICE = pb.DESCRIPTOR.services_by_name["SlaveService"].full_name
+
+
+def _vm_uuid(request) -> str:
+    if not request.vm_uuid:
+        raise errors.invalid_value("vm_uuid", request.vm_uuid)
+    return request.vm_uuid
+
+
+class SlaveServicer(pb_grpc.SlaveServiceServicer):
+    """Proto in, hypervisor call, proto out; errors come from the backend."""
+
+    def __init__(self, hypervisor: Hypervisor) -> None:
+        self._hv = hypervisor
+
+    @rpc_method
+    async def StartDomain(self, request: pb.StartDomainRequest, context) -> pb.Domain:
+        vm_uuid = _vm_uuid(request)
+        if request.memory <= 0:
+            raise errors.invalid_value("memory", request.memory)
+        if request.vcpus < 1:
+            raise errors.invalid_value("vcpus", request.vcpus)
+        domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused)
+        return domain.to_proto()
+
+    @rpc_method
+    async def ShutdownDomain(self, request: pb.ShutdownDomainRequest, context) -> pb.Domain:
+        return (await self._hv.shutdown(_vm_uuid(request), request.force)).to_proto()
+
+    @rpc_method
+    async def RebootDomain(self, request: pb.RebootDomainRequest, context) -> pb.Domain:
+        return (await self._hv.reboot(_vm_uuid(request), request.force)).to_proto()
+
+    @rpc_method
+    async def PauseDomain(self, request: pb.PauseDomainRequest, context) -> pb.Domain:
+        return (await self._hv.pause(_vm_uuid(request))).to_proto()
+
+    @rpc_method
+    async def UnpauseDomain(self, request: pb.UnpauseDomainRequest, context) -> pb.Domain:
+        return (await self._hv.unpause(_vm_uuid(request))).to_proto()
+
+    @rpc_method
+    async def DestroyDomain(self, request: pb.DestroyDomainRequest,
+                            context) -> pb.DestroyDomainResponse:
+        await self._hv.destroy(_vm_uuid(request))
+        return pb.DestroyDomainResponse()
+
+    @rpc_method
+    async def ListDomains(self, request: pb.ListDomainsRequest, context) -> pb.ListDomainsResponse:
+        domains = await self._hv.list_domains()
+        return pb.ListDomainsResponse(domains=[d.to_proto() for d in domains],
+                                      memory_total=self._hv.memory_total,
+                                      memory_free=self._hv.memory_free)
+
+    @rpc_method
+    async def SetEnabled(self, request: pb.SetEnabledRequest, context) -> pb.SetEnabledResponse:
+        return pb.SetEnabledResponse(enabled=await self._hv.set_enabled(request.enabled))
