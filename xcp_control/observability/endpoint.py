@@ -70,9 +70,11 @@ class OnLoop(Collector):
         return list(families)
 
     def collect(self) -> Families:
+        reading = self._run()
         try:
-            future = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+            future = asyncio.run_coroutine_threadsafe(reading, self._loop)
         except RuntimeError:  # the loop is closed: the process is stopping
+            reading.close()
             return []
         try:
             return future.result(self._timeout)
