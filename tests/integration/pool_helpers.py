@@ -202,6 +202,14 @@ class SlaveProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     @property
+    def metrics_url(self) -> str:
+        """http://HOST:PORT/metrics (--metrics-listen), or "" without it."""
+        for line in self.log().splitlines():
+            if line.startswith("xcp-slave: metrics on "):
+                return line.split()[-1]
+        return ""
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -233,7 +241,8 @@ class RunningPool:
     with the certificates of `root/tls` when `tls` is true."""
 
     def __init__(self, root: Path, slaves: int = 3,
-                 master_args: Sequence[str] = (), tls: bool = False) -> None:
+                 master_args: Sequence[str] = (), tls: bool = False,
+                 slave_args: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tls = make_tls_dir(self.root / "tls") if tls else None
@@ -242,6 +251,7 @@ class RunningPool:
                                     extra_args=[*master_args, *tls_args],
                                     env=client_env())
         self.count = slaves
+        self.slave_args = list(slave_args)
         self.slaves: dict[str, SlaveProcess] = {}
 
     @property
@@ -262,10 +272,10 @@ class RunningPool:
             for i in range(1, self.count + 1):
                 name = f"host{i}"
                 state = self.root / "slaves" / name
-                extra: list[str] = []
+                extra: list[str] = list(self.slave_args)
                 if self.tls:
                     host_identity(self.tls, state)
-                    extra = ["--tls-dir", str(self.tls.path)]
+                    extra += ["--tls-dir", str(self.tls.path)]
                 self.slaves[name] = SlaveProcess(self.address, name, state, self.root,
                                                  extra_args=extra).start()
             self.wait_live({s.uuid for s in self.slaves.values()})

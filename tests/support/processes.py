@@ -41,6 +41,7 @@ BIN_DIR = Path(sys.executable).parent
 MASTER_BIN = BIN_DIR / "xcp-master"
 LISTENING = "xcp-master: listening on "
 TOKEN_ENDPOINT = "xcp-master: token endpoint on "  # printed before LISTENING
+METRICS = "xcp-master: metrics on "  # printed before LISTENING, with --metrics-listen
 START_TIMEOUT = 20.0  # seconds; a master on an empty database starts in < 1 s
 
 _live: set[subprocess.Popen] = set()
@@ -217,6 +218,14 @@ class MasterProcess:
         for line in self._stdout:
             if line.startswith(TOKEN_ENDPOINT):
                 return line[len(TOKEN_ENDPOINT):].strip()
+        return ""
+
+    @property
+    def metrics_url(self) -> str:
+        """http://HOST:PORT/metrics (--metrics-listen), or "" without it."""
+        for line in self._stdout:
+            if line.startswith(METRICS):
+                return line[len(METRICS):].strip()
         return ""
 
     def stdout_text(self) -> str:
