@@ -1,7 +1,12 @@
-"""Settings are refused at start-up when they would break the timing promises."""
+"""Settings are refused at start-up when they would break the timing promises,
+and the command line is derived from them."""
+
+import argparse
+import dataclasses
 
 import pytest
 
+from xcp_control import daemon, settings as settings_module
 from xcp_control.settings import MasterSettings, SettingsError, SlaveSettings
 
 
@@ -33,3 +38,46 @@ def test_token_endpoint_with_tls_is_accepted():
 def test_slave_refuses(changes):
     with pytest.raises(SettingsError):
         SlaveSettings(**changes).validate()
+
+
+# -- the command line derives from the settings fields ------------------------------
+
+
+
+@pytest.mark.parametrize("cls", [MasterSettings, SlaveSettings])
+def test_every_field_has_a_doc_line_and_every_cli_field_a_flag(cls):
+    parser = argparse.ArgumentParser()
+    settings_module.add_arguments(parser, cls)
+    flags = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no doc line"
+        if f.metadata["cli"]:
+            assert f.name in flags and flags[f.name].help.startswith(f.metadata["doc"])
+
+
+def test_flags_round_trip_into_settings():
+    got = daemon.parse_settings("xcp-slave", "", SlaveSettings,
+                                ["--memory", "2G", "--boot-time", "0", "--name", "h1",
+                                 "--log-level", "DEBUG"])
+    assert (got.memory, got.boot_time, got.name, got.log_level) == (2 * 1024**3, 0.0, "h1",
+                                                                      "DEBUG")
+    assert got.clean_shutdown_time == SlaveSettings().clean_shutdown_time
+    master = daemon.parse_settings("xcp-master", "", MasterSettings, ["--db", "/x.db"])
+    assert (master.db_path, master.startup_grace, master.grace) == ("/x.db", None, 3.0)
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--memory", "lots"], "not a size"),
+    (["--reconnect-cap", "0"], "reconnect_cap must be > 0"),
+])
+def test_bad_flags_are_usage_errors(argv, complaint, capsys):
+    with pytest.raises(SystemExit) as done:
+        daemon.parse_settings("xcp-slave", "", SlaveSettings, argv)
+    assert done.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, n", [("1G", 1024**3), ("512m", 512 * 1024**2),
+                                     ("1.5GiB", 3 * 1024**3 // 2), ("7", 7)])
+def test_one_size_parser(text, n):
+    assert settings_module.parse_size(text) == n

@@ -25,7 +25,7 @@ import grpc
 from xcp.v1 import event_service_pb2_grpc, host_service_pb2 as hs, host_service_pb2_grpc
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 from xcp_control.cli.render import error_line
-from xcp_control.rpc import credentials
+from xcp_control.rpc import credentials as tls
 from xcp_control.security import pki
 from xcp_control.errors import HOST_UNREACHABLE, error_info
 
@@ -133,7 +133,7 @@ class Connection:
             self.channel = grpc.insecure_channel(address, options=options)
         else:
             self.channel = grpc.secure_channel(address, credentials,
-                                               options=options + credentials.to_master())
+                                               options=options + tls.to_master())
         self.channel.subscribe(self._on_state)
         self.hosts = host_service_pb2_grpc.HostServiceStub(self.channel)
         self.vms = vm_service_pb2_grpc.VMServiceStub(self.channel)
@@ -223,7 +223,7 @@ def client_credentials(tls_dir: str, identity: str,
     if not paths.cert.exists():
         raise CliError(USAGE, f"error: no certificate for identity {identity!r} in {tls_dir} "
                               f"(see xcp pool-init, xcp cert-issue)")
-    return credentials.channel_credentials(pool, paths)
+    return tls.channel_credentials(pool, paths)
 
 
 def _unique(kind: str, ref: str, found: list[str]) -> str:

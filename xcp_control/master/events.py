@@ -16,8 +16,6 @@ from typing import AsyncIterator, Iterable
 from xcp_control import errors
 from xcp_control.master.store import ADD, CLASSES, Change, Store
 
-SYNC = "sync"
-
 
 @dataclass(frozen=True)
 class Sync:

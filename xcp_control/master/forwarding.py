@@ -132,6 +132,7 @@ class Forwarder:
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
+        self._closing: set[asyncio.Future] = set()  # channels being closed
         self._call_listeners: list[CallListener] = []
 
     def add_call_listener(self, listener: CallListener) -> None:
@@ -225,7 +226,11 @@ class Forwarder:
 
     def _retire(self, peer: _Peer) -> None:
         # Calls still on the old channel fail (CANCELLED: CANNOT_CONTACT_HOST).
-        asyncio.ensure_future(peer.channel.close())
+        # The closing task is kept referenced until done: asyncio holds only a
+        # weak reference, and an unreferenced task can be collected mid-close.
+        task = asyncio.ensure_future(peer.channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def on_flip(self, host: str, live: bool) -> None:
         if live:
@@ -254,4 +259,5 @@ class Forwarder:
 
     async def close(self) -> None:
         peers, self._peers = list(self._peers.values()), {}
-        await asyncio.gather(*(p.channel.close() for p in peers), return_exceptions=True)
+        await asyncio.gather(*(p.channel.close() for p in peers), *self._closing,
+                             return_exceptions=True)
