@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.pool_helpers import RunningPool
 from tests.support.processes import channel, stubs
+from tests.test_dashboard import dashboard_queries
 from tests.support.prometheus import PrometheusServer, prometheus_or_skip
 from xcp_control.errors import error_info
 from xcp.v1 import vm_service_pb2 as vs
@@ -20,6 +21,8 @@ from xcp.v1 import vm_service_pb2 as vs
 METRICS = ["--metrics-listen", "127.0.0.1:0"]
 STREAM_ENDED = 'xcp_host_flips_total{to="not_live",cause="stream_ended"}'
 FORWARDED = 'xcp_forwarded_call_seconds_count{{method="{method}",reason="{reason}"}}'
+FORWARDED_P99 = ("histogram_quantile(0.99, sum by (le, method) "
+                 "(rate(xcp_forwarded_call_seconds_bucket[1m])))")
 
 
 def target(url: str) -> str:
@@ -64,3 +67,7 @@ def test_prometheus_scrapes_master_and_slaves(tmp_path):
                           lambda v: v == 1)
             # The other flip causes were scraped too, from zero.
             assert prom.value('xcp_host_flips_total{to="not_live",cause="reaper"}') == 0
+            # Every query of the Grafana dashboard is valid PromQL over these series.
+            for expr in dashboard_queries():
+                prom.query(expr.replace("$master", ".*").replace("$slave", ".*"))
+            assert prom.query(FORWARDED_P99)
