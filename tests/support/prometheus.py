@@ -37,7 +37,8 @@ def prometheus_or_skip() -> str:
     found = shutil.which("prometheus") or ("/usr/bin/prometheus"
                                            if os.access("/usr/bin/prometheus", os.X_OK) else None)
     if found is None:
-        reason = "prometheus not installed (Debian package `prometheus`; ./scripts/test installs it)"
+        reason = ("prometheus not installed (Debian package `prometheus`; "
+                  "./scripts/test installs it)")
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI is set: this must not skip)")
         pytest.skip(reason)

@@ -68,8 +68,9 @@ def pool_families(s: PoolSources) -> list[Metric]:
     hosts.add_metric(["false"], max(0, s.host_count() - live))
     flips = CounterMetricFamily("xcp_host_flips", "Host liveness flips by direction and cause",
                                 labels=["to", "cause"])
-    for kind in FLIP_KINDS:
-        flips.add_metric(["live" if kind[0] else "not_live", kind[1]], s.liveness.flips.get(kind, 0))
+    for live, cause in FLIP_KINDS:
+        flips.add_metric(["live" if live else "not_live", cause],
+                         s.liveness.flips.get((live, cause), 0))
     depths = s.hub.queue_depths()
     return [
         hosts, flips,
