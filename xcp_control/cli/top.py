@@ -238,8 +238,7 @@ class _Events:
         while True:
             left = until - time.monotonic()
             try:
-                item = self.queue.get(timeout=max(0.0, left)) if left > 0 else \
-                    self.queue.get_nowait()
+                item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 return True
             if item is None:
