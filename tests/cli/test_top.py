@@ -103,3 +103,9 @@ def test_metrics_url_takes_host_port_or_a_url():
     assert metrics_url("127.0.0.1:9100") == "http://127.0.0.1:9100/metrics"
     assert metrics_url("http://m:1/metrics") == "http://m:1/metrics"
     assert metrics_url("") == ""
+
+
+def test_bad_options_are_usage_errors():
+    from xcp_control.cli import app
+    for bad in (["--interval", "0"], ["--interval", "x"], ["--iterations", "-1"]):
+        assert app.main(["top", *bad]) == 2

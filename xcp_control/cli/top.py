@@ -14,6 +14,7 @@ piped, it prints one snapshot, once the Watch snapshot is complete, and exits.
 
 from __future__ import annotations
 
+import argparse
 import queue
 import signal
 import threading
@@ -204,14 +205,30 @@ def gauge_line(got: Scrape) -> str:
 # -- the command --------------------------------------------------------------------------
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0.05..3600 seconds: {text!r}")
+    return value
+
+
+def _iterations(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
 def add_args(p) -> None:
     """`xcp top`'s own options; --metrics defaults to $XCP_METRICS (parse_args)."""
     p.add_argument("--metrics", default=None, metavar="URL",
                    help="the master's metrics endpoint (http://HOST:PORT/metrics or "
                         "HOST:PORT) for forwarded-call rates (default: $XCP_METRICS, else none)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=_interval, default=1.0, metavar="S",
                    help="seconds between two refreshes on a terminal (default 1)")
-    p.add_argument("--iterations", type=int, default=0, metavar="N",
+    p.add_argument("--iterations", type=_iterations, default=0, metavar="N",
                    help="stop after N refreshes (default: until Ctrl-C); piped: always one")
 
 
