@@ -291,11 +291,11 @@ def _missed_lines(master: Master) -> int:
 async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
                           server_options, label: str, open_rate: float = 0.0,
                           client: str = "h2", storm: bool = False,
-                          metrics: bool = False) -> dict:
+                          metrics: bool = False, scrape: bool = True) -> dict:
     """`storm`: no load shedding on the master and the old reconnect policy on the
     slaves (BENCHMARKS.md: the reconnect storm), for A/B runs against the fix.
-    `metrics`: the master serves /metrics and is scraped every second through
-    both windows."""
+    `metrics`: the master serves /metrics and, with `scrape`, is scraped every
+    second through both windows."""
     db = work / f"scale-{hosts}-{label}.db"
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -338,7 +338,7 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         last_scrape: list[str] = []
         scraper = asyncio.ensure_future(
             _scrape_loop(metrics_url, scraped, scrape_latencies, last_scrape)
-            if metrics else scraped.wait())
+            if metrics and scrape else scraped.wait())
         # Window 1: heartbeats only. Window 2: heartbeats and ListHosts 4 times a second.
         quiet = max(10.0, duration / 3) if duration > 20 else duration / 2
         cpu = common.CpuMeter(master.pid)
@@ -390,7 +390,7 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         "streams_broken": after["broken"] - before["broken"],
         "load": common.load_note(),
     }
-    if metrics:
+    if metrics and scrape:
         scrapes = summarize(scrape_latencies)
         result["scrape_ms"] = {"n": scrapes.n, "p50": round(scrapes.median * 1000, 1),
                                "p99": round(scrapes.p99 * 1000, 1)}
@@ -405,7 +405,7 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         f"late {result['loadgen_late_beats']}; {result['load']}"
         + (f"; scrape p50 {result['scrape_ms']['p50']} ms p99 {result['scrape_ms']['p99']} ms "
            f"(n={result['scrape_ms']['n']}), xcp_hosts{{live=true}} "
-           f"{result['metrics_live_hosts']}" if metrics else ""))
+           f"{result['metrics_live_hosts']}" if metrics and scrape else ""))
     return result
 
 
@@ -420,7 +420,8 @@ async def bench_scale(work: Path, counts: list[int], duration: float, procs: int
             out.append(await bench_scale_one(work, hosts, duration, procs, options,
                                              f"{variant}/{client}" if client != "h2" else variant,
                                              open_rate, client, storm=variant == "storm",
-                                             metrics=variant == "metrics"))
+                                             metrics=variant.startswith("metrics"),
+                                             scrape=variant == "metrics"))
     return out
 
 
@@ -514,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="scale: comma-separated variants: stock, no-bdp "
                         "(grpc.http2.bdp_probe=0 patched in; now the default anyway), storm "
                         "(no load shedding, slaves' old reconnect policy: the A/B of the fix), metrics "
-                        "(--metrics-listen on, /metrics scraped every second)")
+                        "(--metrics-listen on, /metrics scraped every second), metrics-idle "
+                        "(on, never scraped)")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="scale: first-stream opens per second (default 500, 200 above 4,000)")
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",
