@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from xcp.v1 import (  # noqa: E402
     host_service_pb2 as hs,
     host_service_pb2_grpc as hs_grpc,
@@ -444,9 +443,7 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
         slave = Slave(master.address, work / "overhead-slave", name="overhead", extra=opts)
         # The direct slave's master is nobody (a closed loopback port): a master would
         # reconcile away domains it does not know.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            nobody = f"127.0.0.1:{s.getsockname()[1]}"
+        nobody = f"127.0.0.1:{free_port()}"
         direct = Slave(nobody, work / "direct-slave", name="direct", extra=opts)
         await common.wait_live(master.address, slave.uuid, True)
         vms = [await api.running_vm(slave.uuid, f"ovh-{i}") for i in range(concurrency)]
@@ -584,14 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("trials 1..50, seconds (0, 120], concurrency 1..256")
     common.install_sigterm_handler()
     common.pin_self(common.LOAD_CPUS)
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    print_summary(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return common.finish(lambda: asyncio.run(main_async(a)), print_summary, a.json)
 
 
 if __name__ == "__main__":

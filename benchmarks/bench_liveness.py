@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -45,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from benchmarks.loadgen import LoadGen  # noqa: E402
 
 INTERVAL, DEAD_AFTER, CONTACT = 1.0, 3.0, 2.0
@@ -54,12 +52,6 @@ RESULTS: dict[str, object] = {}
 
 def log(*args: object) -> None:
     print(*args, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- crash: SIGKILL -----------------------------------------------------------------
@@ -528,14 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     common.install_sigterm_handler()
     common.raise_nofile()
     common.pin_self(common.LOAD_CPUS)
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    print_summary(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return common.finish(lambda: asyncio.run(main_async(a)), print_summary, a.json)
 
 
 if __name__ == "__main__":

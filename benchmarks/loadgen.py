@@ -746,7 +746,7 @@ class LoadGen:
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"only {self.totals()['up']} of {n} streams up "
                                    f"after {timeout}s: {self.totals()}")
-            if not any(w.running() for w in self.workers):
+            if not any(w.running for w in self.workers):
                 raise RuntimeError("load generator exited: "
                                    + self.workers[0].stderr_text()[-2000:])
             time.sleep(0.1)
@@ -845,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.start()
     try:
         last = 0.0
-        while any(w.running() for w in gen.workers):
+        while any(w.running for w in gen.workers):
             time.sleep(0.5)
             if time.monotonic() - last >= 5:
                 last = time.monotonic()

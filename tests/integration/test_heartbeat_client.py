@@ -17,7 +17,7 @@ from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_g
 from xcp_control.errors import XcpError
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity, Reconnect
 from xcp_control.slave.hypervisor import SimulatedHypervisor
-from tests.support.processes import MasterProcess
+from tests.support.daemons import MasterProcess
 from xcp_control.rpc.server import bind
 from xcp_control.rpc.options import server_options
 

@@ -11,8 +11,8 @@ import urllib.parse
 import grpc
 import pytest
 
-from tests.integration.pool_helpers import RunningPool
-from tests.support.processes import channel, stubs
+from tests.support.pool import RunningPool
+from tests.support.clients import channel, stubs
 from tests.test_dashboard import dashboard_queries
 from tests.support.prometheus import PrometheusServer, prometheus_or_skip
 from xcp_control.errors import error_info

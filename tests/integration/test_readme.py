@@ -19,7 +19,10 @@ import subprocess
 
 import pytest
 
-from tests.integration.pool_helpers import REPO, PoolScript, client_env, node_or_skip
+from tests.support.clients import client_env
+from tests.support.node_client import node_or_skip
+from tests.support.pool_script import PoolScript
+from tests.support.processes import REPO
 
 README = REPO / "README.md"
 WALKTHROUGH = REPO / "scripts" / "walkthrough.sh"

@@ -18,9 +18,9 @@ import urllib.request
 
 import pytest
 
-from tests.integration.pool_helpers import (
-    POOL_SCRIPT, REPO, PoolScript, client_env, session_pids, wait_until, xcp)
-from tests.support.processes import free_port, grpcurl_path
+from tests.support.clients import client_env, run_grpcurl, xcp
+from tests.support.pool_script import POOL_SCRIPT, PoolScript
+from tests.support.processes import free_port, REPO, session_pids, wait_until
 
 
 def hosts_live(pool: PoolScript) -> dict[str, bool]:
@@ -115,7 +115,7 @@ def test_port_in_use_is_refused(tmp_path):
             assert f"port {port} on 127.0.0.1 is in use" in second.text()
             no_process_left(second)
         finally:
-            second.kill()
+            second.kill_all()
         assert hosts_live(first) == {"host1": True}
 
 
@@ -191,9 +191,7 @@ def run_shell(commands: list[str], timeout: float = 120) -> subprocess.Completed
 
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([grpcurl_path(), "-connect-timeout", "3", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return run_grpcurl("-connect-timeout", "3", *args, timeout=timeout)
 
 
 def test_secure_by_default(tmp_path):

@@ -12,7 +12,8 @@ import subprocess
 import termios
 import time
 
-from tests.integration.pool_helpers import XCP_BIN, RunningPool
+from tests.support.clients import XCP_BIN
+from tests.support.pool import RunningPool
 
 METRICS = ["--metrics-listen", "127.0.0.1:0"]
 TIMEOUT = 30.0

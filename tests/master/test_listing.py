@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.test_pool import NOW, World, run
+from tests.master.world import NOW, World, run
 from xcp_control.master.listing import HostListing
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_pool import NOW, World, new_uuid, run
+from tests.master.world import NOW, World, new_uuid, run
 from xcp_control.master.admission import LoopLag
 from xcp_control.errors import XcpError
 from xcp_control.master.sessions import HeartbeatSessions
