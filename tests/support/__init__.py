@@ -11,4 +11,5 @@ lab          the fault tests' Lab (masters per module) and Case (one test's slav
 observers    what a fault test sees: Client, Pending calls, settle, the Watch recorder
 netns        test hosts: network namespaces that can be partitioned (root)
 fakes        the one fake gRPC call and servicer context of the unit tests
+prometheus   a real Prometheus server (temporary config and data dir) and its HTTP API
 """
