@@ -36,6 +36,7 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,6 +280,31 @@ async def _list_hosts_loop(address: str, stop: asyncio.Event, latencies: list[fl
                 await asyncio.wait_for(stop.wait(), max(0.0, 1 / rate - (time.monotonic() - t0)))
 
 
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+async def _scrape_loop(url: str, stop: asyncio.Event, latencies: list[float],
+                       last: list[str], every: float = 1.0) -> None:
+    """Scrape the master's /metrics every second (a Prometheus scrapes every
+    5-15 s: this is the pessimistic case), timing each scrape."""
+    while not stop.is_set():
+        t0 = time.monotonic()
+        with contextlib.suppress(OSError):
+            last[:] = [await asyncio.to_thread(_scrape, url)]
+            latencies.append(time.monotonic() - t0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, every - (time.monotonic() - t0)))
+
+
+def _live_hosts(text: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith('xcp_hosts{live="true"}'):
+            return float(line.split()[-1])
+    return None
+
+
 def cpu_probe(pid: int, seconds: float) -> float:
     meter = common.CpuMeter(pid)
     time.sleep(seconds)
@@ -301,17 +327,23 @@ async def _hosts_up(address: str, uuids: set[str]) -> int:
 async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
                           server_options, label: str, open_rate: float = 0.0,
                           client: str = "h2", storm: bool = False,
-                          timing: tuple[float, float, float] = (2.0, 3.0, 10.0)) -> dict:
+                          timing: tuple[float, float, float] = (2.0, 3.0, 10.0),
+                          metrics: bool = False, scrape: bool = True) -> dict:
     """`storm`: no load shedding on the master and the old reconnect policy on the
-    slaves (BENCHMARKS.md: the reconnect storm), for A/B runs against the fix."""
+    slaves (BENCHMARKS.md: the reconnect storm), for A/B runs against the fix.
+    `metrics`: the master serves /metrics and, with `scrape`, is scraped every
+    second through both windows."""
     db = work / f"scale-{hosts}-{label}.db"
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{db}{suffix}")
     interval, dead_after, report = timing
+    metrics_url = f"http://127.0.0.1:{free_port()}/metrics" if metrics else ""
+    extra = ["--shed-lag", "0"] if storm else []
+    if metrics:
+        extra += ["--metrics-listen", metrics_url[len("http://"):-len("/metrics")]]
     master = Master(db, server_options=server_options, heartbeat_interval=interval,
-                    dead_after=dead_after, report_interval=report,
-                    extra=["--shed-lag", "0"] if storm else ())
+                    dead_after=dead_after, report_interval=report, extra=extra)
     gen = None
     try:
         await asyncio.sleep(1.0)
@@ -341,6 +373,12 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         before = gen.totals()
         lg_cpu = [common.CpuMeter(w.pid) for w in gen.workers]
         rss_max = 0
+        scraped = asyncio.Event()
+        scrape_latencies: list[float] = []
+        last_scrape: list[str] = []
+        scraper = asyncio.ensure_future(
+            _scrape_loop(metrics_url, scraped, scrape_latencies, last_scrape)
+            if metrics and scrape else scraped.wait())
         # Window 1: heartbeats only. Window 2: heartbeats and ListHosts 4 times a second.
         quiet = max(10.0, duration / 3) if duration > 20 else duration / 2
         cpu = common.CpuMeter(master.pid)
@@ -361,7 +399,9 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
             await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
             rss_max = max(rss_max, common.rss_bytes(master.pid))
         stop.set()
+        scraped.set()
         await lister
+        await scraper
         master_cpu = cpu.read()
         loadgen_cpu = sum(c.read() for c in lg_cpu)
         elapsed = time.monotonic() - t0
@@ -398,6 +438,11 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         "streams_broken": after["broken"] - before["broken"],
         "load": common.load_note(),
     }
+    if metrics and scrape:
+        scrapes = summarize(scrape_latencies)
+        result["scrape_ms"] = {"n": scrapes.n, "p50": round(scrapes.median * 1000, 1),
+                               "p99": round(scrapes.p99 * 1000, 1)}
+        result["metrics_live_hosts"] = _live_hosts(last_scrape[0]) if last_scrape else None
     # The issue's targets (issue 10): every host up, no false death, master < 50 %
     # of one core, ListHosts p99 < 50 ms meanwhile.
     result["met"] = (hosts_up == hosts and false_deaths == 0 and missed == 0
@@ -410,7 +455,10 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         f"{result['master_rss_mb']} MB, ListHosts p50 {result['list_hosts_ms']['p50']} ms "
         f"p99 {result['list_hosts_ms']['p99']} ms, {false_deaths} false deaths, "
         f"{beats:.0f} beats/s, loadgen {result['loadgen_cpu_pct']}% "
-        f"late {result['loadgen_late_beats']}; {result['load']}")
+        f"late {result['loadgen_late_beats']}; {result['load']}"
+        + (f"; scrape p50 {result['scrape_ms']['p50']} ms p99 {result['scrape_ms']['p99']} ms "
+           f"(n={result['scrape_ms']['n']}), xcp_hosts{{live=true}} "
+           f"{result['metrics_live_hosts']}" if metrics and scrape else ""))
     return result
 
 
@@ -426,7 +474,9 @@ async def bench_scale(work: Path, counts: list[int], duration: float, procs: int
             out.append(await bench_scale_one(work, hosts, duration, procs, options,
                                              f"{variant}/{client}" if client != "h2" else variant,
                                              open_rate, client, storm=variant == "storm",
-                                             timing=timing))
+                                             timing=timing,
+                                             metrics=variant.startswith("metrics"),
+                                             scrape=variant == "metrics"))
     return out
 
 
@@ -529,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", default="stock",
                    help="scale: comma-separated variants: stock, no-bdp "
                         "(grpc.http2.bdp_probe=0 patched in; now the default anyway), storm "
-                        "(no load shedding, slaves' old reconnect policy: the A/B of the fix)")
+                        "(no load shedding, slaves' old reconnect policy: the A/B of the fix), metrics "
+                        "(--metrics-listen on, /metrics scraped every second), metrics-idle "
+                        "(on, never scraped)")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="scale: first-stream opens per second (default 500, 200 above 4,000)")
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",

@@ -188,6 +188,8 @@ class MasterSettings:
                                 metavar="HOST:PORT")
     shed_lag: float = setting(0.5, "refuse new heartbeat streams (TOO_BUSY) while the event "
                               "loop lags more than this many seconds; 0 never", metavar="S")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
     reaper_tick: float = setting(0.1, "seconds between two reaper passes", cli=False)
     metrics_write_interval: float = setting(
@@ -231,6 +233,8 @@ class MasterSettings:
             if not self.tls_dir:
                 raise SettingsError("--token-listen needs --tls-dir: it is a TLS endpoint "
                                     "(without TLS every caller is trusted anyway)")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
         for name in ("heartbeat_interval", "dead_after", "report_interval", "contact_timeout",
                      "reaper_tick", "metrics_write_interval"):
             _positive(name, getattr(self, name))
@@ -290,6 +294,8 @@ class SlaveSettings:
                                    "unreachable master", metavar="S")
     tls_dir: str = setting("", "pool certificates: speak only mutual TLS (default: plaintext)",
                            metavar="DIR")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
     backend: str = setting("simulated", "hypervisor backend", choices=("simulated", "libvirt"))
     libvirt_uri: str = setting("qemu:///system", "libvirt connection of --backend libvirt",
@@ -309,6 +315,8 @@ class SlaveSettings:
     def validate(self) -> "SlaveSettings":
         for master in self.master.split(","):
             parse_endpoint(master.strip(), "--master")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
         parse_endpoint(self.listen, "--listen")
         if self.advertise:
             parse_endpoint(self.advertise, "--advertise")

@@ -26,6 +26,20 @@ ensure_system_tools() {
   fi
 }
 
+ensure_prometheus() {
+  # The metrics tests start a real Prometheus server (Debian's package) that
+  # scrapes a master and its slaves.
+  command -v prometheus >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing prometheus" >&2
+    (apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends prometheus) >/dev/null
+  else
+    echo "note: prometheus missing and not root: the metrics scrape test will skip" >&2
+  fi
+}
+
 ensure_node_packages() {
   # The Node.js client test (clients/node) needs @grpc/grpc-js and @grpc/proto-loader.
   [ -f clients/node/package.json ] || return 0

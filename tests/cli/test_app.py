@@ -87,7 +87,7 @@ def test_every_design_rpc_has_a_command():
     assert names == {"host-list", "host-get", "host-metrics", "host-disable", "host-enable",
                      "host-declare-dead", "host-forget", "vm-create", "vm-get", "vm-list",
                      "vm-destroy", "vm-start", "vm-shutdown", "vm-reboot", "vm-pause",
-                     "vm-unpause", "watch"}
+                     "vm-unpause", "watch", "top"}
     offline = {c.name for c in app.COMMANDS if c.offline}
     assert offline == {"pool-init", "cert-issue", "token-issue"}
 

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -35,6 +36,21 @@ def no_process_left(pool: PoolScript) -> None:
                what=f"no process left in the session of scripts/pool: {session_pids(pool.sid)}")
 
 
+def check_metrics(pool, state) -> None:
+    """Metrics are on: the banner's URLs answer, and prometheus-targets.json
+    (a Prometheus file_sd file) names the same endpoints."""
+    urls = re.findall(r"^\s+(master|host\d+)\s+(http://127\.0\.0\.1:\d+/metrics)$",
+                      pool.text(), re.M)
+    assert [name for name, _ in urls] == ["master", "host1", "host2"], pool.text()
+    for name, url in urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        assert ("xcp_hosts{" if name == "master" else "xcp_slave_domains{") in text
+    targets = json.loads((state / "prometheus-targets.json").read_text())
+    listed = [t for group in targets for t in group["targets"]]
+    assert listed == [url.removeprefix("http://").removesuffix("/metrics") for _, url in urls]
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_starts_prints_and_stops_everything(tmp_path, how):
     state = tmp_path / "state"
@@ -53,6 +69,7 @@ def test_starts_prints_and_stops_everything(tmp_path, how):
             assert (state / "run" / f"{name}.pid").read_text().strip() == host["pid"]
             assert (state / "slaves" / name).is_dir()
         assert (state / "pool.db").exists() and (state / "logs" / "master.log").exists()
+        check_metrics(pool, state)
 
         if how == "SIGTERM":
             code = pool.stop(signal.SIGTERM)

@@ -12,4 +12,5 @@ observers    what a fault test sees: Client, Pending calls, settle, the Watch re
 netns        test hosts: network namespaces that can be partitioned (root)
 libvirtd     real libvirt: libvirtd started where none runs, the guest, QEMU's side (root)
 fakes        the one fake gRPC call and servicer context of the unit tests
+prometheus   a real Prometheus server (temporary config and data dir) and its HTTP API
 """

@@ -27,6 +27,8 @@ MASTER_BIN = BIN_DIR / "xcp-master"
 SLAVE_BIN = BIN_DIR / "xcp-slave"
 LISTENING = "xcp-master: listening on "
 TOKEN_ENDPOINT = "xcp-master: token endpoint on "  # printed before LISTENING
+MASTER_METRICS = "xcp-master: metrics on "  # printed before LISTENING (--metrics-listen)
+SLAVE_METRICS = "xcp-slave: metrics on "  # printed before the host line (--metrics-listen)
 SLAVE_LINE = re.compile(r"^xcp-slave: host (?P<uuid>[0-9a-f-]{36}) listening on (?P<addr>\S+)$")
 START_TIMEOUT = 20.0  # seconds; either daemon starts in < 1 s on an idle machine
 
@@ -85,6 +87,11 @@ class MasterProcess(Proc):
                 return line[len(TOKEN_ENDPOINT):].strip()
         return ""
 
+    @property
+    def metrics_url(self) -> str:
+        """http://HOST:PORT/metrics (--metrics-listen), or "" without it."""
+        return _stdout_value(self, MASTER_METRICS)
+
     def __enter__(self) -> "MasterProcess":
         return self if self.running else self.start()
 
@@ -131,6 +138,11 @@ class SlaveProcess(Proc):
         self.uuid, self.address = match["uuid"], match["addr"]
         return self
 
+    @property
+    def metrics_url(self) -> str:
+        """http://HOST:PORT/metrics (--metrics-listen), or "" without it."""
+        return _stdout_value(self, SLAVE_METRICS)
+
     def log(self, tail: int | None = None) -> str:
         """Its stderr (its log), or the last `tail` lines of it headed by its name."""
         if tail is None:
@@ -153,3 +165,11 @@ class SlaveProcess(Proc):
 
     def __enter__(self) -> "SlaveProcess":
         return self if self.running else self.start()
+
+
+def _stdout_value(proc: Proc, prefix: str) -> str:
+    """The rest of the first stdout line starting with `prefix`, or ""."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    return ""

@@ -55,7 +55,8 @@ class RunningPool:
     with the certificates of `root/tls` when `tls` is true."""
 
     def __init__(self, root: Path, slaves: int = 3,
-                 master_args: Sequence[str] = (), tls: bool = False) -> None:
+                 master_args: Sequence[str] = (), tls: bool = False,
+                 slave_args: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tls = make_tls_dir(self.root / "tls") if tls else None
@@ -63,6 +64,7 @@ class RunningPool:
         self.master = MasterProcess(self.root / "pool.db", log_dir=self.root,
                                     extra_args=[*master_args, *tls_args])
         self.count = slaves
+        self.slave_args = list(slave_args)
         self.slaves: dict[str, SlaveProcess] = {}
 
     @property
@@ -83,10 +85,10 @@ class RunningPool:
             for i in range(1, self.count + 1):
                 name = f"host{i}"
                 state = self.root / "slaves" / name
-                extra: list[str] = []
+                extra: list[str] = list(self.slave_args)
                 if self.tls:
                     host_identity(self.tls, state)
-                    extra = ["--tls-dir", str(self.tls.path)]
+                    extra += ["--tls-dir", str(self.tls.path)]
                 self.slaves[name] = SlaveProcess(self.address, state, name, self.root,
                                                  extra_args=extra).start()
             self.wait_live({s.uuid for s in self.slaves.values()})

@@ -41,6 +41,11 @@ from xcp.v1 import slave_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# listener(method, reason, seconds) for each forwarded call that ended:
+# reason "OK" or the catalogued reason it failed with.
+CallListener = Callable[[str, str, float], None]
+OK = "OK"
+
 # Time kept back from the client's deadline so that our answer, not its own
 # DEADLINE_EXCEEDED, reaches it.
 DEADLINE_MARGIN = 0.05
@@ -136,10 +141,35 @@ class Forwarder:
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
         self._closing: set[asyncio.Future] = set()  # channels being closed
+        self._call_listeners: list[CallListener] = []
+
+    def add_call_listener(self, listener: CallListener) -> None:
+        """Tell listener(method, reason, seconds) how each forwarded call ended
+        (a call its own caller cancelled has no outcome and is not told)."""
+        self._call_listeners.append(listener)
 
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
+        started = self._clock()
+        try:
+            answer = await self._call(host, method, request, operation, timeout, budget)
+        except XcpError as exc:
+            self._ended(method, exc.reason, started)
+            raise
+        except Exception:  # a bug: the servicer answers INTERNAL_ERROR
+            self._ended(method, "INTERNAL_ERROR", started)
+            raise
+        self._ended(method, OK, started)
+        return answer
+
+    def _ended(self, method: str, reason: str, started: float) -> None:
+        seconds = self._clock() - started
+        for listener in self._call_listeners:
+            listener(method, reason, seconds)
+
+    async def _call(self, host: str, method: str, request: Message, operation: str,
+                    timeout: float, budget: float | None) -> Message:
         if self._fence is not None:
             self._fence()  # a master that may not act sends nothing (HOST_IS_SLAVE)
         if not self._liveness.is_live(host):
@@ -241,6 +271,10 @@ class Forwarder:
 
     def in_flight(self, host: str) -> int:
         return len(self._in_flight.get(host, ()))
+
+    @property
+    def in_flight_total(self) -> int:
+        return sum(len(calls) for calls in self._in_flight.values())
 
     def forget(self, host: str) -> None:
         """Close the host's channel: it left the pool or was declared down."""

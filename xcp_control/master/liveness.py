@@ -27,10 +27,17 @@ Rules:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Callable, Iterable
 
 FlipListener = Callable[[str, bool], None]
+
+# Why a host flipped: the `cause` label of xcp_host_flips_total.
+BEAT = "beat"  # to live: a Hello or beat from a host that was not live
+STREAM_ENDED = "stream_ended"  # its heartbeat stream ended (crash, reset) without a goodbye
+GOODBYE = "goodbye"  # the slave stopped cleanly and said so
+REAPER = "reaper"  # silent for longer than dead_after
+DECLARED_DEAD = "declared_dead"  # an operator's DeclareDead
 
 
 class Liveness:
@@ -47,6 +54,9 @@ class Liveness:
         self._streams: dict[str, int] = {}
         self._next_stream = 0
         self._listeners: list[FlipListener] = []
+        # Flips so far by (live, cause): one increment per flip, never per beat;
+        # the metrics collector reads it at scrape time.
+        self.flips: Counter[tuple[bool, str]] = Counter()
 
     def add_listener(self, listener: FlipListener) -> None:
         """Call listener(host, live) whenever a host's live flag flips."""
@@ -71,6 +81,10 @@ class Liveness:
     def live_count(self) -> int:
         return len(self._last_seen)
 
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
     def beat(self, host: str, now: float) -> None:
         """A report (or a Hello) from `host` arrived at `now`."""
         self._restored.discard(host)
@@ -78,7 +92,7 @@ class Liveness:
         self._last_seen[host] = now
         self._last_seen.move_to_end(host)
         if not was_live:
-            self._flip(host, True)
+            self._flip(host, True, BEAT)
 
     def reap(self, now: float) -> list[str]:
         """Mark not live the hosts restored at start that never came back, and
@@ -93,12 +107,12 @@ class Liveness:
             if now - seen <= self._report_deadline:
                 break
             dead.append(host)
-            self._mark_down(host)
+            self._mark_down(host, REAPER)
         return dead
 
-    def mark_down(self, host: str) -> bool:
-        """The host is known to be down (goodbye, DeclareDead). True if it flipped."""
-        return self._mark_down(host)
+    def mark_down(self, host: str, cause: str = DECLARED_DEAD) -> bool:
+        """The host is known to be down (DeclareDead). True if it flipped."""
+        return self._mark_down(host, cause)
 
     def forget(self, host: str) -> None:
         self._restored.discard(host)
@@ -116,21 +130,23 @@ class Liveness:
     def is_current(self, host: str, stream: int) -> bool:
         return self._streams.get(host) == stream
 
-    def detach(self, host: str, stream: int) -> bool:
-        """A stream ended without a newer one: the host is down at once.
-        True if it flipped; a superseded stream's end changes nothing."""
+    def detach(self, host: str, stream: int, cause: str = STREAM_ENDED) -> bool:
+        """A stream ended without a newer one (cause: STREAM_ENDED or GOODBYE):
+        the host is down at once. True if it flipped; a superseded stream's end
+        changes nothing."""
         if not self.is_current(host, stream):
             return False
         del self._streams[host]
-        return self._mark_down(host)
+        return self._mark_down(host, cause)
 
-    def _mark_down(self, host: str) -> bool:
+    def _mark_down(self, host: str, cause: str) -> bool:
         self._restored.discard(host)
         if self._last_seen.pop(host, None) is None:
             return False
-        self._flip(host, False)
+        self._flip(host, False, cause)
         return True
 
-    def _flip(self, host: str, live: bool) -> None:
+    def _flip(self, host: str, live: bool, cause: str) -> None:
+        self.flips[(live, cause)] += 1
         for listener in self._listeners:
             listener(host, live)

@@ -31,6 +31,7 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
+from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.master.reconcile import Reconciler
 from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
                                     bind, service_name)
@@ -75,6 +76,8 @@ class Master:
             settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
         self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
+        self.metrics: MasterMetrics | None = None  # with --metrics-listen
+        self.metrics_address = ""  # HOST:PORT of /metrics, if served
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -85,6 +88,7 @@ class Master:
         sec = security.for_master(s.tls_dir)
         self._build(sec)
         self._wire()
+        self._wire_metrics()
         # -- HA hook: routing last, so that authentication runs first --
         self._server = self._build_server([*sec.interceptors, *self._ha_interceptors()])
         self.address = bind(self._server, s.listen, sec.server_credentials)
@@ -92,6 +96,8 @@ class Master:
             # The same services and interceptor, but TLS that asks for no client
             # certificate: a caller there is whoever its bearer token says.
             self.token_address = bind(self._server, s.token_listen, sec.token_server_credentials)
+        if self.metrics is not None:
+            self.metrics_address = self.metrics.serve(s.metrics_listen)
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
         if self.ha:  # -- HA hook: campaign; lead only once elected --
@@ -193,14 +199,30 @@ class Master:
             pool.masters.append(pool.master)
         return pool
 
+    def _wire_metrics(self) -> None:
+        """With --metrics-listen (master/prometheus.py): what the scrape reads,
+        and the listeners that time forwarded calls and store commits; the API
+        interceptor goes first in _build_server. Metrics react to nothing:
+        they only read, so their place in _wire's order does not matter."""
+        if not self.settings.metrics_listen:
+            return
+        metrics = self.metrics = MasterMetrics()
+        sources = PoolSources(self.liveness, self.sessions, self.loop_lag, self.hub,
+                              self.forwarder, lambda: len(self.store.list("host")))
+        metrics.add_source(lambda: pool_families(sources))
+        self.forwarder.add_call_listener(metrics.observe_forwarded)
+        self.store.add_commit_observer(metrics.observe_commit)
+
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
         s = self.settings
         options = master_server_options(s.max_message_bytes, s.heartbeat_interval, s.ping_timeout)
-        # No interceptor unless TLS needs one: each costs every call (BENCHMARKS.md).
-        server = grpc.aio.server(options=options, interceptors=interceptors or None)
+        counted = [self.metrics.api] if self.metrics is not None else []  # outermost: counts all
+        # No interceptor unless TLS, HA or metrics need one: each costs every call
+        # (BENCHMARKS.md).
+        server = grpc.aio.server(options=options, interceptors=[*counted, *interceptors] or None)
         lenient = LenientRegistration(server)  # undecodable requests: INVALID_VALUE
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
             api.HostServicer(self.pool, self.lifecycle, self.listing), lenient)
@@ -239,6 +261,8 @@ class Master:
             await self._server.stop(grace)
         await self.forwarder.close()
         await self.store.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 async def run(settings: MasterSettings) -> None:
@@ -247,6 +271,8 @@ async def run(settings: MasterSettings) -> None:
     def started() -> None:
         if master.token_address:  # first: "listening on" tells readers the master is up
             print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
+        if master.metrics_address:
+            print(f"xcp-master: metrics on http://{master.metrics_address}/metrics", flush=True)
         print(f"xcp-master: listening on {master.address}", flush=True)
 
     await daemon.serve_until_signalled(master, started)
