@@ -8,8 +8,8 @@ operation times) and `kvm1` (--backend libvirt on qemu:///system,
 --libvirt-domain-type qemu). Each round, on each slave, one VM of 128 MiB and
 1 vCPU (the busybox guest of scripts/build-guest): StartVM (the call's
 latency; for libvirt also StartVM to the guest's init marker on the serial
-console), `--pauses` PauseVM/UnpauseVM pairs, a clean ShutdownVM the guest
-honours (ACPI), DestroyVM. Also the QEMU process's RSS once the guest runs.
+console), `--pauses` PauseVM/UnpauseVM pairs once the guest listens for ACPI
+(its "ready" marker), a clean ShutdownVM the guest honours, DestroyVM. Also the QEMU process's RSS once the guest runs.
 Times on CLOCK_MONOTONIC in this process; gRPC calls from one sync client.
 libvirtd is started by the harness (tests/support/libvirtd.py) if none runs.
 Every VM, domain and process is removed on the way out.
@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from tests.support.libvirtd import INIT_MARK, LibvirtLab  # noqa: E402
+from tests.support.libvirtd import INIT_MARK, READY_MARK, LibvirtLab  # noqa: E402
 from xcp.v1 import host_service_pb2 as hs, vm_service_pb2 as vs  # noqa: E402
 from xcp.v1 import host_service_pb2_grpc, vm_service_pb2_grpc  # noqa: E402
 
@@ -69,6 +69,9 @@ def one_round(vms, host: str, lab: LibvirtLab, real: bool, pauses: int, made: li
     if real:
         at_init = wait_for(lambda: INIT_MARK in lab.console(vm), BOOT_LIMIT, "the guest")
         samples["StartVM to guest at init"].append(at_init - begun)
+        # Its init listens for ACPI (acpid) only once it prints "ready", about
+        # a second later: a shutdown before that would time the slave's resend.
+        wait_for(lambda: READY_MARK in lab.console(vm), BOOT_LIMIT, "the guest's acpid")
         rss.append(rss_of(lab.qemu_pid(vm)) or 0)
     for _ in range(pauses):
         samples["PauseVM"].append(timed(vms.PauseVM, vs.PauseVMRequest(uuid=vm), timeout=30))
