@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import grpc
-from google.protobuf.message import Message
 
 from xcp_control import errors
 from xcp_control.master import etcd_client as ec
 from xcp_control.master.etcd_keys import Keys
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
-                                      Put, Store, WorkingCopy, check_ops)
+                                      MemoryBackedStore, Put, WorkingCopy, check_ops)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class _Job:
                                    .create_future())
 
 
-class EtcdStore(Store):
+class EtcdStore(MemoryBackedStore):
     """Memory for reads on every master; etcd, fenced by the epoch, for writes."""
 
     def __init__(self, client: ec.EtcdClient, prefix: str, fence: Fence,
@@ -162,21 +161,7 @@ class EtcdStore(Store):
     def revision(self) -> int:
         return self._revision
 
-    @property
-    def db_id(self) -> str:
-        return self._db_id
 
-    def get(self, class_name: str, uuid: str) -> Message | None:
-        return self._memory.get(class_name, uuid)
-
-    def list(self, class_name: str) -> list[Message]:
-        return self._memory.list(class_name)
-
-    def find(self, class_name: str, field: str, value: object) -> list[Message]:
-        return self._memory.find(class_name, field, value)
-
-    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
-        self._listeners.append(listener)
 
     def add_key_listener(self, prefix: bytes, listener: KeyListener) -> None:
         """Call listener(key, value or None, revision) for each change of a key

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 from google.protobuf.message import Message
 
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
-                                      Put, Store, WorkingCopy, check_ops)
+                                      MemoryBackedStore, Put, WorkingCopy, check_ops)
 from xcp_control.model import copy
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class _Writer(threading.Thread):
                            (newest - self._change_log_size,))
 
 
-class SqliteStore(Store):
+class SqliteStore(MemoryBackedStore):
     """The embedded default: memory for reads, SQLite (WAL) for durability."""
 
     def __init__(self, path: str, change_log_size: int = 100_000,
@@ -231,18 +231,6 @@ class SqliteStore(Store):
     def generation(self) -> int:
         return self._generation
 
-    @property
-    def db_id(self) -> str:
-        return self._db_id
-
-    def get(self, class_name: str, uuid: str) -> Message | None:
-        return self._memory.get(class_name, uuid)
-
-    def list(self, class_name: str) -> list[Message]:
-        return self._memory.list(class_name)
-
-    def find(self, class_name: str, field: str, value: object) -> list[Message]:
-        return self._memory.find(class_name, field, value)
 
     # -- writes -------------------------------------------------------------
 
@@ -305,8 +293,6 @@ class SqliteStore(Store):
         if pending is not None and pending[0] == change.generation:
             del self._pending[key]
 
-    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
-        self._listeners.append(listener)
 
     # -- history ------------------------------------------------------------
 

@@ -173,6 +173,32 @@ class WorkingCopy:
                 self._indexes[(class_name, field)].remove(getattr(old, field), uuid)
 
 
+class MemoryBackedStore(Store):
+    """What every backend shares: reads served from its WorkingCopy
+    (`self._memory`), listeners kept in `self._listeners`, the database id in
+    `self._db_id`."""
+
+    _memory: WorkingCopy
+    _listeners: list
+    _db_id: str
+
+    @property
+    def db_id(self) -> str:
+        return self._db_id
+
+    def get(self, class_name: str, uuid: str) -> Message | None:
+        return self._memory.get(class_name, uuid)
+
+    def list(self, class_name: str) -> list[Message]:
+        return self._memory.list(class_name)
+
+    def find(self, class_name: str, field: str, value: object) -> list[Message]:
+        return self._memory.find(class_name, field, value)
+
+    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
+        self._listeners.append(listener)
+
+
 def check_ops(ops: Sequence[Put | Delete]) -> None:
     """Refuse a batch naming a class the store does not hold, before any of it
     is planned."""
