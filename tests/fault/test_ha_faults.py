@@ -15,10 +15,11 @@ import uuid as uuid_module
 import grpc
 import pytest
 
-from tests.integration.pool_helpers import wait_until
 from tests.support import etcd as etcd_support
 from tests.support.ha import HaPool, get_pool
-from tests.support.processes import MasterProcess, channel, free_port, stubs
+from tests.support.clients import channel, stubs
+from tests.support.daemons import MasterProcess, SlaveProcess
+from tests.support.processes import free_port, wait_until
 from xcp_control.errors import error_info
 from xcp.v1 import slave_service_pb2 as sl, slave_service_pb2_grpc, vm_service_pb2 as vs
 
@@ -178,7 +179,6 @@ class _MasterInNamespace(MasterProcess):
 
 
 def test_a_leader_partitioned_from_etcd_and_the_slaves_steps_down(tmp_path):
-    from tests.integration.pool_helpers import SlaveProcess
     from tests.support.etcd import EtcdCluster
     from tests.support.netns import TestHost, require_test_hosts
 
@@ -206,8 +206,8 @@ def test_a_leader_partitioned_from_etcd_and_the_slaves_steps_down(tmp_path):
             assert get_pool(others[0]).master == a
             everyone = ",".join([a, *others])
             for i in range(2):
-                slaves.append(SlaveProcess(everyone, f"host{i + 1}", tmp_path / f"s{i}",
-                                           tmp_path).start())
+                slaves.append(SlaveProcess(everyone, tmp_path / f"s{i}", name=f"host{i + 1}",
+                                           log_dir=tmp_path).start())
             for slave in slaves:
                 wait_until(lambda s=slave: f"connected to master {a}" in s.log(), 15,
                            what=f"{slave.name} to stream to the test host's master")

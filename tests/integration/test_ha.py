@@ -12,10 +12,10 @@ import time
 import grpc
 import pytest
 
-from tests.integration.pool_helpers import wait_until
 from tests.support import etcd as etcd_support
 from tests.support.ha import HaPool, get_pool
-from tests.support.processes import channel, stubs
+from tests.support.clients import channel, stubs
+from tests.support.processes import wait_until
 from xcp_control.errors import error_info
 from xcp.v1 import datamodel_pb2 as dm, event_service_pb2 as ev, vm_service_pb2 as vs
 

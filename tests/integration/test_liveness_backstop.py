@@ -19,7 +19,9 @@ import uuid as uuid_module
 import pytest
 
 
-from tests.support.processes import MasterProcess, channel, stubs, wait_until
+from tests.support.clients import channel, stubs
+from tests.support.daemons import MasterProcess
+from tests.support.processes import wait_until
 from xcp.v1 import host_service_pb2 as hs
 
 pytestmark = pytest.mark.timeout(60)
