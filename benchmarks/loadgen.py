@@ -2,12 +2,14 @@
 
 Each simulated host is what the master sees of a real slave: its own uuid
 (uuid5 of the run seed and its index, so a rerun with the same seed reuses the
-same hosts and the master's database does not grow), its own TCP connection,
-keepalive PINGs every 2 x interval like the real slave's channel
-(transport.heartbeat_channel_options), one LivenessService.Heartbeat stream
-carrying a Hello and then one lean Beat per interval (seq, memory_free, domains
-digest: no domain list), on a random phase so beats are spread over the
-interval. A broken stream reconnects with the real slave's policy
+same hosts and the master's database does not grow), its own TCP connection
+answering the master's PINGs, a keepalive PING of its own only after 2 x interval
+without a packet, like the real slave's grpc channel
+(rpc/options.heartbeat_channel_options: C-core restarts the timer on every packet
+read), one LivenessService.Heartbeat stream carrying a Hello and then one lean
+Beat (a report) per report interval the master gives, or per interval from an
+older master (seq, memory_free, domains digest: no domain list), on a random
+phase so reports are spread over the interval. A broken stream reconnects with the real slave's policy
 (heartbeat.Reconnect: within 1 s when unreachable, growing to 5 min when turned away),
 so a master restarting, or too busy to take new streams, sees the reconnects a
 pool of real slaves would make.
