@@ -76,6 +76,8 @@ CATALOGUE: dict[str, Reason] = {
                "is elected yet)"),
         Reason("STALE_MASTER", Code.FAILED_PRECONDITION, ("epoch", "seen"),
                "the call comes from a deposed leader: a newer epoch has been seen"),
+        Reason("HYPERVISOR_UNAVAILABLE", Code.UNAVAILABLE, ("host", "detail"),
+               "the host's hypervisor connection is down; the slave is re-opening it"),
     )
 }
 
@@ -216,6 +218,10 @@ def host_is_slave(master: str) -> XcpError:
 
 def stale_master(epoch: int, seen: int) -> XcpError:
     return XcpError("STALE_MASTER", epoch=epoch, seen=seen)
+
+
+def hypervisor_unavailable(host: str, detail: str) -> XcpError:
+    return XcpError("HYPERVISOR_UNAVAILABLE", host=host, detail=detail)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:

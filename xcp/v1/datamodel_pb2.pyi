@@ -63,7 +63,7 @@ class HostMetrics(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., host: _Optional[str] = ..., live: _Optional[bool] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ...) -> None: ...
 
 class VM(_message.Message):
-    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config")
+    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config", "pv_kernel", "pv_ramdisk", "pv_args")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,9 @@ class VM(_message.Message):
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
+    PV_ARGS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name_label: str
     power_state: PowerState
@@ -87,7 +90,10 @@ class VM(_message.Message):
     memory: int
     vcpus: int
     other_config: _containers.ScalarMap[str, str]
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pv_kernel: str
+    pv_ramdisk: str
+    pv_args: str
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class Pool(_message.Message):
     __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for")

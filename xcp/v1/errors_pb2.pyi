@@ -25,6 +25,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_BUSY: _ClassVar[ErrorReason]
     HOST_IS_SLAVE: _ClassVar[ErrorReason]
     STALE_MASTER: _ClassVar[ErrorReason]
+    HYPERVISOR_UNAVAILABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 HOST_OFFLINE: ErrorReason
 CANNOT_CONTACT_HOST: ErrorReason
@@ -44,3 +45,4 @@ RBAC_PERMISSION_DENIED: ErrorReason
 TOO_BUSY: ErrorReason
 HOST_IS_SLAVE: ErrorReason
 STALE_MASTER: ErrorReason
+HYPERVISOR_UNAVAILABLE: ErrorReason

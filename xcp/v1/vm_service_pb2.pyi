@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateVMRequest(_message.Message):
-    __slots__ = ("name_label", "memory", "vcpus", "affinity", "other_config")
+    __slots__ = ("name_label", "memory", "vcpus", "affinity", "other_config", "pv_kernel", "pv_ramdisk", "pv_args")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,12 +21,18 @@ class CreateVMRequest(_message.Message):
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_FIELD_NUMBER: _ClassVar[int]
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
+    PV_ARGS_FIELD_NUMBER: _ClassVar[int]
     name_label: str
     memory: int
     vcpus: int
     affinity: str
     other_config: _containers.ScalarMap[str, str]
-    def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pv_kernel: str
+    pv_ramdisk: str
+    pv_args: str
+    def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class GetVMRequest(_message.Message):
     __slots__ = ("uuid",)

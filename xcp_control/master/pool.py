@@ -115,7 +115,8 @@ class Pool:
         return sorted(vms, key=lambda vm: vm.uuid)
 
     async def create_vm(self, name_label: str, memory: int, vcpus: int, affinity: str,
-                        other_config: dict[str, str]) -> dm.VM:
+                        other_config: dict[str, str],
+                        boot: validation.Boot = validation.NO_BOOT) -> dm.VM:
         vm = dm.VM(
             uuid=str(uuid_module.uuid4()),
             name_label=validation.name("name_label", name_label),
@@ -123,7 +124,8 @@ class Pool:
             memory=validation.count("memory", memory, 1, validation.MAX_MEMORY),
             vcpus=validation.count("vcpus", vcpus, 1, validation.MAX_VCPUS),
             affinity=validation.optional_uuid("affinity", affinity),
-            other_config=validation.other_config("other_config", other_config))
+            other_config=validation.other_config("other_config", other_config),
+            pv_kernel=boot.kernel, pv_ramdisk=boot.ramdisk, pv_args=boot.args)
         if vm.affinity:
             self.host(vm.affinity)
         await self.store.put(vm)
