@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import load_note, machine_line, summarize  # noqa: E402
 from tests.support.ha import HaPool, get_pool  # noqa: E402
-from tests.support.processes import MasterProcess  # noqa: E402
+from tests.support.daemons import MasterProcess  # noqa: E402
 from xcp.v1 import datamodel_pb2 as dm, host_service_pb2 as hs  # noqa: E402
 from xcp.v1 import host_service_pb2_grpc, vm_service_pb2 as vs, vm_service_pb2_grpc  # noqa: E402
 

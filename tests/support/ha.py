@@ -15,9 +15,9 @@ from pathlib import Path
 
 import grpc
 
-from tests.integration.pool_helpers import SlaveProcess, wait_until
+from tests.support.daemons import MasterProcess, SlaveProcess
 from tests.support.etcd import EtcdCluster
-from tests.support.processes import MasterProcess
+from tests.support.processes import wait_until
 from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc
 
 
@@ -55,8 +55,8 @@ class HaPool:
             self.masters.append(self.new_master(i).start())
         self.wait_leader()
         for i in range(self._n_slaves):
-            self.slaves.append(SlaveProcess(self.master_list, f"host{i + 1}",
-                                            self.root / f"slave{i + 1}", self.root).start())
+            self.slaves.append(SlaveProcess(self.master_list, self.root / f"slave{i + 1}",
+                                            name=f"host{i + 1}", log_dir=self.root).start())
         return self
 
     def new_master(self, i: int) -> MasterProcess:
