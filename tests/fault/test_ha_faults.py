@@ -18,7 +18,7 @@ import pytest
 from tests.support import etcd as etcd_support
 from tests.support.ha import HaPool, get_pool
 from tests.support.clients import channel, stubs
-from tests.support.daemons import MasterProcess, SlaveProcess
+from tests.support.daemons import MasterProcess
 from tests.support.processes import free_port, wait_until
 from xcp_control.errors import error_info
 from xcp.v1 import slave_service_pb2 as sl, slave_service_pb2_grpc, vm_service_pb2 as vs
@@ -171,14 +171,11 @@ class _MasterInNamespace(MasterProcess):
 
     def __init__(self, host, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._host = host
-
-    @property
-    def argv(self) -> list[str]:
-        return self._host.exec_argv(super().argv)
+        self.exec_prefix = host.exec_argv
 
 
 def test_a_leader_partitioned_from_etcd_and_the_slaves_steps_down(tmp_path):
+    from tests.support.daemons import SlaveProcess
     from tests.support.etcd import EtcdCluster
     from tests.support.netns import TestHost, require_test_hosts
 
@@ -188,15 +185,13 @@ def test_a_leader_partitioned_from_etcd_and_the_slaves_steps_down(tmp_path):
         masters, slaves = [], []
         try:
             # The leader runs in the test host, reached at its own address.
-            cut = _MasterInNamespace(host, tmp_path / "a.db", listen="0.0.0.0:0",
-                                     extra_args=[*common, "--advertise", f"{host.host_ip}:0"],
-                                     log_dir=tmp_path)
-            cut.extra_args[-1] = f"{host.host_ip}:{_free_port_in(host)}"
-            cut.listen = "0.0.0.0:" + cut.extra_args[-1].rsplit(":", 1)[1]
+            port = _free_port_in(host)
+            a = f"{host.host_ip}:{port}"
+            cut = _MasterInNamespace(host, tmp_path / "a.db", listen=f"0.0.0.0:{port}",
+                                     extra_args=[*common, "--advertise", a], log_dir=tmp_path)
             masters.append(cut.start())
-            wait_until(lambda: (p := get_pool(cut.extra_args[-1])) and p.master, 15,
+            wait_until(lambda: (p := get_pool(a)) and p.master, 15,
                        what="the test host's master to lead")
-            a = cut.extra_args[-1]
             for name in ("b", "c"):
                 port = free_port()
                 masters.append(MasterProcess(

@@ -12,10 +12,10 @@ import time
 import grpc
 import pytest
 
+from tests.support.processes import wait_until
 from tests.support import etcd as etcd_support
 from tests.support.ha import HaPool, get_pool
 from tests.support.clients import channel, stubs
-from tests.support.processes import wait_until
 from xcp_control.errors import error_info
 from xcp.v1 import datamodel_pb2 as dm, event_service_pb2 as ev, vm_service_pb2 as vs
 
@@ -192,7 +192,8 @@ def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_p
 
 
 def test_the_cli_and_the_node_client_move_past_a_master_that_is_down(pool):
-    from tests.integration.pool_helpers import NODE_DIR, node_or_skip, xcp
+    from tests.support.clients import xcp
+    from tests.support.node_client import NODE_DIR, node_or_skip
     from tests.support.processes import free_port
 
     leader = pool.wait_leader()
@@ -217,7 +218,7 @@ def test_scripts_pool_ha_starts_etcd_three_masters_and_the_slaves(tmp_path):
     import os
     import subprocess
 
-    from tests.integration.pool_helpers import REPO
+    from tests.support.processes import REPO
 
     state = tmp_path / "state"
     proc = subprocess.Popen([str(REPO / "scripts" / "pool"), "--ha", "--port", "0", "--slaves",

@@ -10,7 +10,7 @@ import asyncio
 
 import grpc
 
-from tests.test_pool import NOW, World, new_uuid, run
+from tests.master.world import NOW, World, new_uuid, run
 from xcp_control.errors import XcpError
 from xcp_control.master.api import LivenessServicer
 from xcp_control.master.host_metrics import MetricsMirror

@@ -13,4 +13,6 @@ netns        test hosts: network namespaces that can be partitioned (root)
 libvirtd     real libvirt: libvirtd started where none runs, the guest, QEMU's side (root)
 fakes        the one fake gRPC call and servicer context of the unit tests
 prometheus   a real Prometheus server (temporary config and data dir) and its HTTP API
+etcd         real etcd members (loopback ports, temporary data dirs), killed and removed
+ha           HaPool: several masters on etcd with slaves; who leads (GetPool)
 """

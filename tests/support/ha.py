@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from tests.support.etcd import EtcdCluster
 from tests.support.daemons import MasterProcess, SlaveProcess
+from tests.support.etcd import EtcdCluster
 from tests.support.processes import wait_until
 from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc
 
