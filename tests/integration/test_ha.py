@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -70,8 +71,17 @@ class Watcher(threading.Thread):
 
 @pytest.fixture
 def pool(tmp_path):
-    with HaPool(tmp_path, masters=3, slaves=2, etcd_fsync=False) as ha:
+    with HaPool(tmp_path, masters=3, slaves=2, etcd_fsync=False,
+                master_args=("--metrics-listen", "127.0.0.1:0")) as ha:
         yield ha
+
+
+def scraped(url: str) -> dict[str, float]:
+    """The unlabelled samples of a /metrics page."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {name: float(value) for name, value in
+            (line.split() for line in text.splitlines()
+             if line and not line.startswith("#") and "{" not in line and len(line.split()) == 2)}
 
 
 def test_every_master_says_who_leads(pool):
@@ -81,6 +91,11 @@ def test_every_master_says_who_leads(pool):
     assert len({v.epoch for v in views}) == 1 and views[0].epoch > 0
     assert sorted(views[0].masters) == sorted(m.address for m in pool.masters)
     assert len({v.uuid for v in views}) == 1
+    # ... and their metrics agree: one leader, one epoch, one election won
+    metrics = {m.address: scraped(m.metrics_url) for m in pool.masters}
+    assert {a for a, m in metrics.items() if m["xcp_leader"] == 1} == {leader}
+    assert {m["xcp_epoch"] for m in metrics.values()} == {views[0].epoch}
+    assert metrics[leader]["xcp_elections_won_total"] >= 1
 
 
 def test_a_follower_passes_calls_on_a_lifecycle_call_and_a_watch(pool):

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from xcp_control.master import liveness as lv
 from xcp_control.master.forwarding import Forwarder
 from xcp_control.master.liveness import Liveness
-from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
+from xcp_control.master.prometheus import MasterMetrics, PoolSources, ha_families, pool_families
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.master.store import Put
 from xcp_control.observability.endpoint import OnLoop, Sources
@@ -243,3 +243,30 @@ def test_the_event_hub_counts_queue_depths_and_events_lost(tmp_path):
         finally:
             await store.close()
     assert asyncio.run(asyncio.wait_for(main(), 30)) == ([1], 1)
+
+
+class FakeTerm:
+    def __init__(self, acting: bool, epoch: int, won: int) -> None:
+        self._acting, self.epoch, self.elections_won = acting, epoch, won
+
+    def acting(self, now: float) -> bool:
+        return self._acting
+
+
+def test_ha_families_say_who_leads_at_which_epoch():
+    def values(term):
+        return {f.name: f.samples[0].value for f in ha_families(term, now=0.0)}
+    assert values(FakeTerm(True, 7, 2)) == {"xcp_leader": 1, "xcp_epoch": 7,
+                                            "xcp_elections_won": 2}
+    assert values(FakeTerm(False, 9, 0))["xcp_leader"] == 0
+
+
+def test_etcd_requests_are_timed_by_kind_and_outcome():
+    metrics = MasterMetrics()
+    metrics.observe_etcd("txn", 0.002, True)
+    metrics.observe_etcd("txn", 0.5, False)
+    registry = metrics.registry
+    assert registry.get_sample_value("xcp_etcd_request_seconds_count",
+                                     {"kind": "txn", "outcome": "ok"}) == 1
+    assert registry.get_sample_value("xcp_etcd_request_seconds_count",
+                                     {"kind": "txn", "outcome": "error"}) == 1

@@ -15,13 +15,16 @@ one stops answering.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Sequence
+import time
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
 from aetcd import rpc
 
 from xcp_control.rpc.channels import resolve
+
+T = TypeVar("T")
 
 # Longest a single unary etcd call may take before the caller retries.
 CALL_TIMEOUT = 1.0
@@ -101,6 +104,19 @@ class EtcdClient:
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._watch = rpc.WatchStub(self._channel)
+        # (request kind, seconds, ok) for every unary request: the metrics histogram.
+        self.observers: list[Callable[[str, float, bool], None]] = []
+
+    async def _timed(self, kind: str, call: Awaitable[T]) -> T:
+        started = time.monotonic()
+        ok = False
+        try:
+            answer = await call
+            ok = True
+            return answer
+        finally:
+            for observer in self.observers:
+                observer(kind, time.monotonic() - started, ok)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -109,26 +125,31 @@ class EtcdClient:
                   failure: Sequence[rpc.RequestOp] = (),
                   timeout: float = CALL_TIMEOUT) -> rpc.TxnResponse:
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
-        return await self._kv.Txn(request, timeout=timeout)
+        return await self._timed("txn", self._kv.Txn(request, timeout=timeout))
 
     async def range(self, key: bytes, range_end: bytes = b"", limit: int = 0,
                     revision: int = 0, timeout: float = CALL_TIMEOUT) -> rpc.RangeResponse:
         request = rpc.RangeRequest(key=key, range_end=range_end, limit=limit, revision=revision,
                                    sort_order=rpc.RangeRequest.ASCEND,
                                    sort_target=rpc.RangeRequest.KEY)
-        return await self._kv.Range(request, timeout=timeout)
+        return await self._timed("range", self._kv.Range(request, timeout=timeout))
 
     async def compact(self, revision: int, timeout: float = CALL_TIMEOUT) -> None:
-        await self._kv.Compact(rpc.CompactionRequest(revision=revision), timeout=timeout)
+        await self._timed("compact", self._kv.Compact(rpc.CompactionRequest(revision=revision),
+                                                      timeout=timeout))
 
     async def grant(self, ttl: int, timeout: float = CALL_TIMEOUT) -> rpc.LeaseGrantResponse:
-        return await self._lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=timeout)
+        return await self._timed("lease_grant", self._lease.LeaseGrant(
+            rpc.LeaseGrantRequest(TTL=ttl), timeout=timeout))
 
     async def revoke(self, lease: int, timeout: float = CALL_TIMEOUT) -> None:
         await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=timeout)
 
     async def keepalive(self, lease: int, timeout: float = CALL_TIMEOUT) -> int:
         """Renew the lease once; its remaining TTL (0: the lease is gone)."""
+        return await self._timed("lease_keepalive", self._keepalive(lease, timeout))
+
+    async def _keepalive(self, lease: int, timeout: float) -> int:
         call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
                                           timeout=timeout)
         async for reply in call:

@@ -39,7 +39,8 @@ class HaNode:
                  channel_credentials=None) -> None:
         self._clock = clock
         self.term = Term(me="", ttl=settings.lease_ttl)
-        self.store = EtcdStore(EtcdClient(settings.etcd), settings.etcd_prefix, self.fence,
+        self.etcd = EtcdClient(settings.etcd)
+        self.store = EtcdStore(self.etcd, settings.etcd_prefix, self.fence,
                                change_log_size=settings.change_log_size)
         self._leader_channel = LeaderChannel(channel_credentials, _PASS_ON_OPTIONS)
         self.router = Router(self.term, clock, self._leader_channel)

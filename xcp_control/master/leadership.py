@@ -46,6 +46,7 @@ class Term:
         self._renewed_at: float | None = None  # send time of the last confirmed renewal
         self._acting = False
         self._listeners: list[TransitionListener] = []
+        self.elections_won = 0  # campaigns this master won (a metric, read at scrape time)
 
     def add_listener(self, listener: TransitionListener) -> None:
         self._listeners.append(listener)
@@ -76,6 +77,7 @@ class Term:
     def won(self, epoch: int, now: float) -> None:
         """Our campaign won at `epoch` and the working copy holds it."""
         self.leader, self.epoch, self._mine = self.me, epoch, epoch
+        self.elections_won += 1
         self.tick(now)
 
     # -- questions ---------------------------------------------------------

@@ -92,6 +92,26 @@ def pool_families(s: PoolSources) -> list[Metric]:
     ]
 
 
+ETCD_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
+
+
+class _Term(Protocol):
+    epoch: int
+    elections_won: int
+
+    def acting(self, now: float) -> bool: ...
+
+
+def ha_families(term: _Term, now: float) -> list[Metric]:
+    """Several masters on etcd: whether this master leads, the epoch it knows,
+    and the campaigns it won (read at scrape time from the Term)."""
+    return [_gauge("xcp_leader", "1 while this master acts as the pool's leader, else 0",
+                   1 if term.acting(now) else 0),
+            _gauge("xcp_epoch", "The leader's epoch as this master last saw it (0: none)",
+                   term.epoch),
+            _counter("xcp_elections_won", "Campaigns this master won", term.elections_won)]
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -119,11 +139,17 @@ class MasterMetrics:
                                         "Changes written by one store transaction",
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.api = CallMetrics("xcp_api", "API calls", self.registry)
+        self.etcd = Histogram("xcp_etcd_request_seconds",
+                              "etcd requests of the store and the election, by kind and outcome",
+                              ["kind", "outcome"], buckets=ETCD_BUCKETS, registry=self.registry)
         self._sources = Sources()
         self.endpoint = MetricsEndpoint(self.registry)
 
     def observe_forwarded(self, method: str, reason: str, seconds: float) -> None:
         self.forwarded.labels(method, reason).observe(seconds)
+
+    def observe_etcd(self, kind: str, seconds: float, ok: bool) -> None:
+        self.etcd.labels(kind, "ok" if ok else "error").observe(seconds)
 
     def observe_commit(self, seconds: float, changes: int) -> None:
         self.commit_seconds.observe(seconds)

@@ -31,7 +31,8 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
-from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
+from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
+                                           pool_families)
 from xcp_control.master.reconcile import Reconciler
 from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
                                     bind, service_name)
@@ -212,6 +213,9 @@ class Master:
         metrics.add_source(lambda: pool_families(sources))
         self.forwarder.add_call_listener(metrics.observe_forwarded)
         self.store.add_commit_observer(metrics.observe_commit)
+        if self.ha:  # leader, epoch, elections; etcd request latency
+            metrics.add_source(lambda: ha_families(self.ha.term, self.clock()))
+            self.ha.etcd.observers.append(metrics.observe_etcd)
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
