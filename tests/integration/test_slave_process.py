@@ -209,10 +209,12 @@ def test_hello_beats_at_the_masters_interval_and_goodbye_on_sigterm(master, star
 def test_full_domain_list_after_a_change_then_digest_only(master, start_slave, loop_thread):
     slave = start_slave(master.port)
     hello_of(master)
+    # The report the change causes may leave before StartDomain's answer is
+    # back here: count from before the call.
+    after = time.monotonic()
     started = loop_thread.run(call_slave(slave.address, "StartDomain", spb.StartDomainRequest(
         vm_uuid=VM1, memory=GiB, vcpus=2)))
     assert (started.vm_uuid, started.state) == (VM1, datamodel_pb2.RUNNING)
-    after = time.monotonic()
     expected = domains_digest([DomainInfo(VM1, datamodel_pb2.RUNNING, GiB, 2)])
 
     beats = wait_until(lambda: len(master.beats_after(after)) >= 5 and master.beats_after(after),
@@ -243,9 +245,9 @@ def test_full_domain_list_after_a_change_then_digest_only(master, start_slave, l
     assert XcpError.from_rpc_error(bad.value).reason == "INVALID_VALUE"
 
     # Shutdown removes it: the empty list goes once more.
+    after = time.monotonic()  # before the call, as above
     loop_thread.run(call_slave(slave.address, "ShutdownDomain",
                                spb.ShutdownDomainRequest(vm_uuid=VM1)))
-    after = time.monotonic()
     beats = wait_until(lambda: len(master.beats_after(after)) >= 3 and master.beats_after(after),
                        10, "3 beats after ShutdownDomain")
     assert [b.domains_included for _, b in beats[:3]] == [True, False, False]

@@ -25,6 +25,8 @@ async def serve(world: World) -> tuple[grpc.aio.Server, LivenessServicer, str]:
     sessions = HeartbeatSessions(world.store, world.liveness, mirror, 2.0, clock=lambda: NOW,
                                  report_interval=10.0)
     servicer = LivenessServicer(sessions, hello_timeout=5.0)
+    world.liveness.add_listener(sessions.on_flip)  # as Master._wire registers them
+    sessions.add_not_live_listener(servicer.close)
     server = grpc.aio.server(options=server_options(4 << 20))
     pb_grpc.add_LivenessServiceServicer_to_server(servicer, server)
     address = bind(server, "127.0.0.1:0")
