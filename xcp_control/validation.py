@@ -61,3 +61,16 @@ def other_config(field: str, value: Mapping[str, str]) -> dict[str, str]:
         if not key or len(key) > MAX_CONFIG_KEY or len(item) > MAX_CONFIG_VALUE:
             raise invalid(f"{field}.{key[:errors.SHOWN]}", item)
     return dict(value)
+
+
+MAX_RESTART_ORDER = 1 << 31
+
+
+def ha_restart_priority(field: str, value: int) -> int:
+    if value not in datamodel_pb2.HaRestartPriority.values():
+        raise invalid(field, value)
+    return value
+
+
+def ha_restart_order(field: str, value: int) -> int:
+    return count(field, value, -MAX_RESTART_ORDER, MAX_RESTART_ORDER)

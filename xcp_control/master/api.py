@@ -83,7 +83,12 @@ class VMServicer(vm_service_pb2_grpc.VMServiceServicer):
     @rpc_method
     async def CreateVM(self, request, context):
         return await self._pool.create_vm(request.name_label, request.memory, request.vcpus,
-                                          request.affinity, dict(request.other_config))
+                                          request.affinity, dict(request.other_config),
+                                          request.ha_restart_priority, request.ha_restart_order)
+
+    @rpc_method
+    async def UpdateVM(self, request, context):
+        return await self._pool.update_vm(request.vm, list(request.update_mask.paths))
 
     @rpc_method
     async def GetVM(self, request, context):

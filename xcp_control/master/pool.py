@@ -8,6 +8,7 @@ import uuid as uuid_module
 from typing import Callable
 
 from xcp_control import validation
+from xcp_control.master import vm_update
 from xcp_control import errors
 from xcp_control.errors import XcpError
 from xcp_control.model import halted, state_name
@@ -115,7 +116,8 @@ class Pool:
         return sorted(vms, key=lambda vm: vm.uuid)
 
     async def create_vm(self, name_label: str, memory: int, vcpus: int, affinity: str,
-                        other_config: dict[str, str]) -> dm.VM:
+                        other_config: dict[str, str], ha_restart_priority: int = 0,
+                        ha_restart_order: int = 0) -> dm.VM:
         vm = dm.VM(
             uuid=str(uuid_module.uuid4()),
             name_label=validation.name("name_label", name_label),
@@ -123,11 +125,25 @@ class Pool:
             memory=validation.count("memory", memory, 1, validation.MAX_MEMORY),
             vcpus=validation.count("vcpus", vcpus, 1, validation.MAX_VCPUS),
             affinity=validation.optional_uuid("affinity", affinity),
-            other_config=validation.other_config("other_config", other_config))
+            other_config=validation.other_config("other_config", other_config),
+            ha_restart_priority=validation.ha_restart_priority("ha_restart_priority",
+                                                               ha_restart_priority),
+            ha_restart_order=validation.ha_restart_order("ha_restart_order", ha_restart_order))
         if vm.affinity:
             self.host(vm.affinity)
         await self.store.put(vm)
         return vm
+
+    async def update_vm(self, new: dm.VM, mask: list[str]) -> dm.VM:
+        """UpdateVM: the fields in `mask` (all set ones when empty) from `new`."""
+        paths = vm_update.paths_of(new, mask)
+        vm = self.vm(new.uuid)
+        with self.locks.hold("vm", vm.uuid, "update"):
+            out = vm_update.updated(self.vm(vm.uuid), new, paths)
+            if out.affinity:
+                self.host(out.affinity)
+            await self.store.put(out)
+            return out
 
     async def destroy_vm(self, uuid: str) -> None:
         vm = self.vm(uuid)
