@@ -71,6 +71,9 @@ CATALOGUE: dict[str, Reason] = {
                "the caller's role does not allow this operation"),
         Reason("TOO_BUSY", Code.RESOURCE_EXHAUSTED, ("detail",),
                "the master is too busy: retry later, with backoff"),
+        Reason("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", Code.FAILED_PRECONDITION, ("vm",),
+               "the operation would leave too little room to restart every protected VM "
+               "after ha_host_failures_to_tolerate host failures"),
     )
 }
 
@@ -203,6 +206,10 @@ def rbac_permission_denied(role: str, operation: str) -> XcpError:
 
 def too_busy(detail: str) -> XcpError:
     return XcpError("TOO_BUSY", detail=detail)
+
+
+def ha_operation_would_break_failover_plan(vm: str) -> XcpError:
+    return XcpError("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", vm=vm)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:
