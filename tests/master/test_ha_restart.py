@@ -7,7 +7,7 @@ import pytest
 from xcp.v1 import datamodel_pb2 as dm
 from xcp_control.master.ha_restart import (PendingRestarts, fenced_by, has_quorum,
                                            restart_sequence)
-from xcp_control.slave.fencing import FenceLease, HaConfig
+from xcp_control.slave.self_fence import FenceLease, HaConfig
 
 
 def vm(uuid: str, priority: int = dm.HA_RESTART_PRIORITY_UNSPECIFIED, order: int = 0) -> dm.VM:

@@ -4,7 +4,7 @@
 A host is restartable once it must have fenced: the lease rule counts from
 the moment the leader saw the host's heartbeat stream end (`lost_at`) less the
 leader's own detection bound, which the slave subtracts too
-(slave/fencing.py), plus fence_after and a margin for clock rates and
+(slave/self_fence.py), plus fence_after and a margin for clock rates and
 scheduling. DeclareDead is the operator asserting the fence: restartable at
 once. A leader that hears from no majority of hosts restarts nothing (it may
 be the one cut off).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xcp_control.slave.fencing import FenceLease, HaConfig, Verdict, liveset_verdict
+from xcp_control.slave.self_fence import FenceLease, HaConfig, Verdict, liveset_verdict
 
 HA = HaConfig(enabled=True, fence_after=10.0, detect_bound=3.0, epoch=7)
 
