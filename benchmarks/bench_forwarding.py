@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from xcp.v1 import (  # noqa: E402
     host_service_pb2 as hs,
     host_service_pb2_grpc as hs_grpc,
@@ -432,11 +431,29 @@ def _run_client(mode: str, target: str, targets: list[str], concurrency: int,
     return json.loads("{" + line)
 
 
+class _BareForwarder(common.Proc):
+    """benchmarks/bare_forwarder.py on the master's core."""
+
+    def __init__(self, slave: str, db: Path | None) -> None:
+        argv = [sys.executable, str(Path(__file__).with_name("bare_forwarder.py")),
+                "--slave", slave] + (["--db", str(db)] if db else [])
+        super().__init__(argv, "bare-forwarder", cpus=common.MASTER_CPUS)
+        self.address = self.wait_line("listening on ", 30)
+
+
+def _bare(slave: str, db: Path | None) -> _BareForwarder:
+    return _BareForwarder(slave, db)
+
+
 async def bench_overhead(work: Path, seconds: float, concurrency: int,
-                         db_dir: str | None = None) -> dict:
+                         db_dir: str | None = None, baseline: str = "") -> dict:
     """`db_dir`: where the master's database lives (e.g. /dev/shm, to show what the
-    durable write of each state change costs)."""
+    durable write of each state change costs). `baseline`: a checkout of an older
+    commit whose master is measured too, side by side (an A/B of a change)."""
     master = Master(Path(db_dir or work) / f"overhead-{os.getpid()}.db")
+    base = base_slave = None
+    if baseline:
+        base = Master(Path(db_dir or work) / f"baseline-{os.getpid()}.db", tree=baseline)
     api = Api(master.address)
     slave = direct = None
     try:
@@ -444,12 +461,18 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
         slave = Slave(master.address, work / "overhead-slave", name="overhead", extra=opts)
         # The direct slave's master is nobody (a closed loopback port): a master would
         # reconcile away domains it does not know.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            nobody = f"127.0.0.1:{s.getsockname()[1]}"
+        nobody = f"127.0.0.1:{free_port()}"
         direct = Slave(nobody, work / "direct-slave", name="direct", extra=opts)
         await common.wait_live(master.address, slave.uuid, True)
         vms = [await api.running_vm(slave.uuid, f"ovh-{i}") for i in range(concurrency)]
+        base_vms: list[str] = []
+        if base:
+            base_slave = Slave(base.address, work / "baseline-slave", name="baseline", extra=opts)
+            await common.wait_live(base.address, base_slave.uuid, True)
+            base_api = Api(base.address)
+            base_vms = [await base_api.running_vm(base_slave.uuid, f"base-{i}")
+                        for i in range(concurrency)]
+            await base_api.close()
         plain = grpc.aio.insecure_channel(direct.address)
         dstub = sl_grpc.SlaveServiceStub(plain)
         domains = [f"direct-{i}" for i in range(concurrency)]
@@ -458,30 +481,50 @@ async def bench_overhead(work: Path, seconds: float, concurrency: int,
                                     timeout=10)
         await plain.close()
         result = {}
-        for c in (1, concurrency):
-            for mode, target, names in (("direct", direct.address, domains),
-                                        ("forwarded", master.address, vms)):
-                common.wait_quiet(limit=1.0, timeout=60, log=log)
-                c0 = common.cpu_seconds(master.pid)
-                r = await asyncio.to_thread(_run_client, mode, target, names[:c], c, seconds)
-                if mode == "forwarded":  # warm-up calls are not counted: scale them in
-                    calls = max(1, r["calls"]) * (seconds + 1.0) / seconds
-                    r["master_cpu_us_per_call"] = round(
-                        (common.cpu_seconds(master.pid) - c0) / calls * 1e6)
-                r["load"] = common.load_note()
-                result[f"{mode}_c{c}"] = r
-                log(f"  {mode} c={c}: {r['per_s']:.0f} calls/s, p50 {r['p50'] * 1000:.2f} ms, "
-                    f"p99 {r['p99'] * 1000:.2f} ms, errors {r['errors']}; {r['load']}")
+        # Side by side (issue 10): a bare grpc.aio forwarder to the direct slave,
+        # without and with our store's durable write, on the master's core.
+        bare = _bare(direct.address, None)
+        bare_db = _bare(direct.address, Path(db_dir or work) / f"bare-{os.getpid()}.db")
+        runs = (("direct", "direct", direct.address, domains, None),
+                ("bare", "forwarded", bare.address, domains, bare),
+                ("bare+store", "forwarded", bare_db.address, domains, bare_db),
+                ("forwarded", "forwarded", master.address, vms, master))
+        if base:
+            runs = runs + (("baseline", "forwarded", base.address, base_vms, base),)
+        try:
+            for c in (1, concurrency):
+                for label, mode, target, names, server in runs:
+                    common.wait_quiet(limit=1.0, timeout=60, log=log)
+                    c0 = common.cpu_seconds(server.pid) if server else 0.0
+                    r = await asyncio.to_thread(_run_client, mode, target, names[:c], c, seconds)
+                    if server:  # warm-up calls are not counted: scale them in
+                        calls = max(1, r["calls"]) * (seconds + 1.0) / seconds
+                        r["master_cpu_us_per_call"] = round(
+                            (common.cpu_seconds(server.pid) - c0) / calls * 1e6)
+                    r["load"] = common.load_note()
+                    result[f"{label}_c{c}"] = r
+                    log(f"  {label} c={c}: {r['per_s']:.0f} calls/s, p50 {r['p50'] * 1000:.2f} "
+                        f"ms, p99 {r['p99'] * 1000:.2f} ms, cpu/call "
+                        f"{r.get('master_cpu_us_per_call', '-')} us, errors {r['errors']}; "
+                        f"{r['load']}")
+        finally:
+            bare.stop()
+            bare_db.stop()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{Path(db_dir or work) / f'bare-{os.getpid()}.db'}{suffix}")
         ratio = result["forwarded_c1"]["p50"] / result["direct_c1"]["p50"]
         result["p50_ratio_c1"] = round(ratio, 2)
         result["met"] = ratio <= 2.5 and result[f"forwarded_c{concurrency}"]["per_s"] >= 2000
         return result
     finally:
         await api.close()
-        for p in (slave, direct):
+        for p in (slave, direct, base_slave):
             if p:
                 p.stop()
         master.stop()
+        if base:
+            base.stop()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{master.db}{suffix}")
@@ -554,7 +597,8 @@ async def main_async(a: argparse.Namespace) -> dict:
             results["inflight"] = await bench_inflight(work, a.inflight_trials)
         if "overhead" in sections:
             log("overhead:")
-            results["overhead"] = await bench_overhead(work, a.seconds, a.concurrency, a.db_dir)
+            results["overhead"] = await bench_overhead(work, a.seconds, a.concurrency, a.db_dir,
+                                                       a.baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -568,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offline-calls", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=10.0, help="per overhead run")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--baseline", default="", metavar="DIR",
+                   help="overhead: also measure the master of this checkout (an older commit)")
     p.add_argument("--db-dir", help="overhead: the master's database directory "
                    "(default: a temporary directory on disk; /dev/shm shows the fsync share)")
     p.add_argument("--json", help="also write the results here")
@@ -584,14 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("trials 1..50, seconds (0, 120], concurrency 1..256")
     common.install_sigterm_handler()
     common.pin_self(common.LOAD_CPUS)
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    print_summary(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return common.finish(lambda: asyncio.run(main_async(a)), print_summary, a.json)
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ def watchdog(budget: float) -> None:
         say(f"bench_store: budget of {budget:.0f} s exceeded, stopping")
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(20)
-        common._kill_leftovers()
+        common.processes.kill_leftovers()
         os._exit(3)
     threading.Thread(target=lambda: (time.sleep(budget), fire()), daemon=True,
                      name="watchdog").start()

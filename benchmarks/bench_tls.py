@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -55,7 +54,7 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Master, Slave, summarize  # noqa: E402
+from benchmarks.common import Master, Slave, free_port, summarize  # noqa: E402
 from xcp.v1 import (  # noqa: E402
     host_service_pb2 as hs,
     host_service_pb2_grpc as hs_grpc,
@@ -87,12 +86,6 @@ def reason(exc: BaseException) -> str:
         first = (exc.details() or "").split(" ")[0].rstrip(":")
         return first if first.isupper() and "_" in first else exc.code().name
     return type(exc).__name__
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- security: one pool CA for the run -------------------------------------------------
@@ -542,7 +535,7 @@ async def bench_ingest_one(work: Path, p: Pki, mode: str, hosts: int, uuids: Pat
             st = worker.poll()
             if st.get("up", 0) >= hosts:
                 break
-            if not worker.running() or time.monotonic() - t_start > open_limit:
+            if not worker.running or time.monotonic() - t_start > open_limit:
                 raise RuntimeError(f"ingest {mode} {hosts}: only {st.get('up')} of {hosts} up "
                                    f"after {time.monotonic() - t_start:.0f} s\n"
                                    f"{worker.stderr_text()[-2000:]}")
@@ -831,17 +824,17 @@ def main(argv: list[str] | None = None) -> int:
     watchdog = threading.Timer(a.budget + 120.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
     watchdog.daemon = True
     watchdog.start()
-    try:
-        results = asyncio.run(main_async(a))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        watchdog.cancel()
-    print_summary(results)
-    log(f"# {results['machine']}; start {results['start_load']}, end {results['end_load']}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    def run() -> dict:
+        try:
+            return asyncio.run(main_async(a))
+        finally:
+            watchdog.cancel()
+
+    def summary(results: dict) -> None:
+        print_summary(results)
+        log(f"# {results['machine']}; start {results['start_load']}, end {results['end_load']}")
+
+    return common.finish(run, summary, a.json)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,24 @@
 processes (start, pin, stop, always clean up), /proc figures and a Watch-based
 observer of host liveness.
 
-Every process started here is registered and killed at interpreter exit even
-if a benchmark forgets (or fails), so a run never leaves a master behind.
-Test hosts (tests/support/netns.py) clean themselves up the same way.
+The processes are the test harness's (tests/support/processes.py and daemons.py,
+importable because the repository root is put on sys.path below): every process
+started is registered and killed at interpreter exit even if a benchmark forgets
+(or fails), so a run never leaves a master behind. Test hosts
+(tests/support/netns.py) clean themselves up the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import os
 import platform
-import queue
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +31,9 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 
-BIN_DIR = Path(sys.executable).parent
-MASTER_BIN = BIN_DIR / "xcp-master"
-SLAVE_BIN = BIN_DIR / "xcp-slave"
+from tests.support import daemons, processes  # noqa: E402
+from tests.support.processes import ProcessStartError, free_port  # noqa: E402,F401
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The master gets core 0, load generators and the benchmark's own clients core 1
@@ -186,9 +184,9 @@ class CpuMeter:
 
 
 # -- processes --------------------------------------------------------------------
+# The harness of the tests (tests/support): one way to start, wait for, signal and
+# clean up a process, for the test suites and the benchmarks alike.
 
-_live: set[subprocess.Popen] = set()
-_live_lock = threading.Lock()
 RUN_DIR = Path(tempfile.gettempdir()) / "xcp-bench"
 
 
@@ -198,123 +196,16 @@ def work_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=RUN_DIR))
 
 
-class ProcessStartError(RuntimeError):
-    pass
-
-
-def _pinned(argv: list[str], cpus: set[int] | None) -> list[str]:
-    """argv under `taskset`: the affinity is set before exec, so every thread the
-    process makes inherits it (a preexec_fn would fork a process full of grpc
-    threads)."""
-    if not cpus:
-        return argv
-    return ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
-
-
-class Proc:
-    """A child process whose stdout lines are collected by a thread and whose
-    stderr goes to a file (never a pipe that could fill and stall it)."""
+class Proc(processes.Proc):
+    """A harness process (tests/support/processes.py) started at once, its stderr in a
+    file under RUN_DIR."""
 
     def __init__(self, argv: Sequence[str], name: str, cpus: set[int] | None = None,
                  exec_prefix: Callable[[Sequence[str]], list[str]] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self.name = name
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        fd, errpath = tempfile.mkstemp(prefix=f"{name}-", suffix=".stderr", dir=RUN_DIR)
-        self.stderr_path = Path(errpath)
-        full = _pinned(list(argv), cpus)
-        full = exec_prefix(full) if exec_prefix else full
-        environment = dict(os.environ if env is None else env)
-        environment.setdefault("PYTHONUNBUFFERED", "1")
-        with os.fdopen(fd, "wb") as err:
-            self.proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=err, text=True, env=environment,
-                                         start_new_session=True)
-        with _live_lock:
-            _live.add(self.proc)
-        self.lines: queue.Queue = queue.Queue()
-        self.stdout: list[str] = []
-        threading.Thread(target=self._drain, daemon=True, name=f"{name}-stdout").start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.stdout.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_line(self, prefix: str, timeout: float) -> str:
-        """The first stdout line starting with `prefix` (its rest), bounded."""
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise ProcessStartError(f"{self.name}: no '{prefix}' within {timeout}s\n"
-                                        f"{self.stderr_text()[-3000:]}")
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if line is None:
-                raise ProcessStartError(f"{self.name} exited ({self.proc.wait(5)})\n"
-                                        f"{self.stderr_text()[-3000:]}")
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        self.signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._forget()
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGCONT (in case it is stopped), SIGTERM, then SIGKILL after `timeout`."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._forget()
-        return self.proc.returncode
-
-    def _forget(self) -> None:
-        with _live_lock:
-            _live.discard(self.proc)
-
-    def stderr_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.stderr_path.read_text(errors="replace")
-        return ""
-
-
-def _kill_leftovers() -> None:
-    with _live_lock:
-        leftovers = list(_live)
-        _live.clear()
-    for proc in leftovers:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
-atexit.register(_kill_leftovers)
+        super().__init__(argv, name, log_dir=RUN_DIR, env=env, cpus=cpus,
+                         exec_prefix=exec_prefix)
+        self.spawn()
 
 
 def _on_sigterm(signum, frame):  # make SIGTERM run the finally blocks and atexit hooks
@@ -325,16 +216,42 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def finish(run: Callable[[], dict], summary: Callable[[dict], None],
+           json_path: str | None) -> int:
+    """A benchmark's exit status: `run()` gives its results, `summary` prints them and
+    `json_path` (if any) gets them as JSON; 130 when interrupted (SIGTERM, Ctrl-C:
+    the finally blocks and atexit hooks have stopped everything it started)."""
+    try:
+        results = run()
+    except KeyboardInterrupt:
+        return 130
+    summary(results)
+    if json_path:
+        import json
+
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
 # Runs xcp-master with extra grpc server options (a proposed fix measured before
 # it is made in transport.py): `python -c PATCHED_MASTER '<json options>' ARGS...`.
 PATCHED_MASTER = """
 import json, sys
 from xcp_control.master import server as master
 extra = [tuple(o) for o in json.loads(sys.argv.pop(1))]
-original = master.server_options
-master.server_options = lambda *a, **k: original(*a, **k) + extra
+original = master.master_server_options
+master.master_server_options = lambda *a, **k: original(*a, **k) + extra
 sys.argv[0] = "xcp-master"
 sys.exit(master.main())
+"""
+
+# Runs the xcp-master of another checkout: `python -c TREE_MASTER DIR ARGS...`.
+TREE_MASTER = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+from xcp_control.master.server import main
+sys.argv[0] = "xcp-master"
+sys.exit(main())
 """
 
 # The proposed fix: no BDP probing on the master's server. grpc answers nearly every
@@ -343,8 +260,8 @@ sys.exit(master.main())
 NO_BDP = [("grpc.http2.bdp_probe", 0)]
 
 
-class Master(Proc):
-    """`xcp-master` on `db`, pinned to MASTER_CPUS unless told otherwise.
+class Master(daemons.MasterProcess):
+    """`xcp-master` on `db`, started, pinned to MASTER_CPUS unless told otherwise.
     `server_options`: extra grpc server options (see PATCHED_MASTER)."""
 
     def __init__(self, db: Path | str, listen: str = "127.0.0.1:0",
@@ -352,43 +269,36 @@ class Master(Proc):
                  contact_timeout: float = 2.0, extra: Sequence[str] = (),
                  cpus: set[int] | None = MASTER_CPUS, log_level: str = "WARNING",
                  start_timeout: float = 30.0,
-                 server_options: Sequence[tuple[str, object]] = ()) -> None:
-        self.db = Path(db)
+                 server_options: Sequence[tuple[str, object]] = (),
+                 report_interval: float | None = None, tree: str = "") -> None:
         import json
 
+        self.db = Path(db)
         launcher = ([sys.executable, "-c", PATCHED_MASTER, json.dumps(list(server_options))]
-                    if server_options else [str(MASTER_BIN)])
-        argv = [*launcher, "--listen", listen, "--db", str(db),
-                "--heartbeat-interval", str(heartbeat_interval), "--dead-after", str(dead_after),
-                "--contact-timeout", str(contact_timeout), "--log-level", log_level, *extra]
-        super().__init__(argv, "xcp-master", cpus=cpus)
-        try:
-            self.address = self.wait_line("xcp-master: listening on ", start_timeout)
-        except BaseException:
-            self.stop(2)
-            raise
+                    if server_options else [])
+        if tree:  # the master of another checkout (an A/B against an older commit)
+            launcher = [sys.executable, "-c", TREE_MASTER, tree]
+        settings = ["--heartbeat-interval", str(heartbeat_interval), "--dead-after",
+                    str(dead_after), "--contact-timeout", str(contact_timeout)]
+        if report_interval is not None:  # else the master's default (10 s)
+            settings += ["--report-interval", str(report_interval)]
+        super().__init__(db, listen, extra_args=[*settings, "--log-level", log_level, *extra],
+                         log_dir=RUN_DIR, cpus=cpus, launcher=launcher)
+        self.start(start_timeout)
         self.listening_at = time.monotonic()
 
 
-class Slave(Proc):
-    """`xcp-slave`, on loopback or inside a test host's namespace (`host`)."""
+class Slave(daemons.SlaveProcess):
+    """`xcp-slave`, started, on loopback or inside a test host's namespace (`host`)."""
 
-    def __init__(self, master: str, state_dir: Path | str, listen: str = "127.0.0.1:0",
+    def __init__(self, master: str, state_dir: Path | str, listen: str | None = None,
                  name: str = "", extra: Sequence[str] = (), host=None,
                  cpus: set[int] | None = LOAD_CPUS, log_level: str = "WARNING",
                  start_timeout: float = 30.0) -> None:
-        argv = [str(SLAVE_BIN), "--master", master, "--listen", listen,
-                "--state-dir", str(state_dir), "--log-level", log_level, *extra]
-        if name:
-            argv += ["--name", name]
-        super().__init__(argv, "xcp-slave", cpus=cpus,
-                         exec_prefix=host.exec_argv if host is not None else None)
-        try:
-            rest = self.wait_line("xcp-slave: host ", start_timeout)
-        except BaseException:
-            self.stop(2)
-            raise
-        self.uuid, _, self.address = rest.partition(" listening on ")
+        super().__init__(master, state_dir, name, log_dir=RUN_DIR,
+                         extra_args=["--log-level", log_level, *extra], host=host,
+                         listen=listen, cpus=cpus)
+        self.start(start_timeout)
 
 
 # -- clients ------------------------------------------------------------------------

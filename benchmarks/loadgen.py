@@ -65,8 +65,9 @@ import grpc  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc  # noqa: E402
-from xcp_control.slave.heartbeat import (  # noqa: E402
-    BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, next_tick, turned_away)
+from xcp_control.slave.backoff import (  # noqa: E402
+    BUSY_BACKOFF_CAP, Reconnect, TurnedAway, hello_timeout, turned_away)
+from xcp_control.slave.reports import next_tick  # noqa: E402
 from xcp_control.model import domains_digest  # noqa: E402
 from xcp_control.rpc.options import heartbeat_channel_options  # noqa: E402
 
@@ -87,8 +88,20 @@ def check_loopback(master: str) -> None:
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
     except OSError as exc:
         raise SystemExit(f"loadgen: cannot resolve {host}: {exc}") from None
-    if not all(ipaddress.ip_address(a).is_loopback for a in addrs):
-        raise SystemExit(f"loadgen: refusing a non-loopback master {master}")
+    if not all(ipaddress.ip_address(a).is_loopback or _is_local(a) for a in addrs):
+        raise SystemExit(f"loadgen: refusing a master not on this machine: {master}")
+
+
+def _is_local(address: str) -> bool:
+    """An address of this machine (the root side of a test host's veth, say):
+    traffic to it never leaves the machine. Only local addresses can be bound."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 # -- the worker: one process, many simulated hosts ---------------------------------
@@ -104,6 +117,7 @@ class Counts:
         self.up = 0  # streams up right now
         self.resent = 0  # beats carrying the (empty) domain list, as the master asked
         self.pings_in = 0  # PINGs from the master (keepalive, BDP probes) answered
+        self.pings_out = 0  # keepalive PINGs we sent (none while the master PINGs us)
         self.stalled = 0  # beats not sent: no HTTP/2 send window (h2 client)
         self.late = 0  # beats sent more than 250 ms after they were due (we are overloaded)
         self.max_late = 0.0  # seconds: the latest beat
@@ -183,6 +197,8 @@ class SimHost:
                 if reply is grpc.aio.EOF:
                     raise ConnectionError("stream ended before the Hello reply")
                 interval = reply.interval_ms / 1000 if reply.interval_ms > 0 else 1.0
+                if reply.report_interval_ms > 0:  # reports, not beats (heartbeat._apply)
+                    interval = reply.report_interval_ms / 1000
                 self.backoff.welcomed()
                 self.up = True
                 w.counts.up += 1
@@ -322,7 +338,9 @@ class H2Host(asyncio.BufferedProtocol):
         self.pinger: asyncio.TimerHandle | None = None
         self.seq = 0
         self.resend = False  # the master asked for our (empty) domain list
-        self.interval = 1.0
+        self.interval = 1.0  # between reports: the master's report interval
+        self.ping_every = 0.0  # our keepalive, restarted by every packet we read
+        self.last_rx = 0.0
         self.due = 0.0
         self.buf = bytearray()
         self.msg = bytearray()
@@ -434,8 +452,17 @@ class H2Host(asyncio.BufferedProtocol):
         self.timer = loop.call_at(self.due, self.beat)
 
     def ping(self) -> None:
+        """grpc's client keepalive: a PING once nothing was read for ping_every
+        (C-core restarts the timer on every packet read, so while the master
+        PINGs us more often than that we never PING it)."""
+        loop = asyncio.get_running_loop()
+        quiet_since = self.last_rx
+        if loop.time() - quiet_since < self.ping_every:
+            self.pinger = loop.call_at(quiet_since + self.ping_every, self.ping)
+            return
+        self.w.counts.pings_out += 1
         self.transport.write(_frame(_PING, 0, 0, b"xcpload!"))  # type: ignore[union-attr]
-        self.pinger = asyncio.get_running_loop().call_later(self.w.ping_every, self.ping)
+        self.pinger = loop.call_later(self.ping_every, self.ping)
 
     def goodbye(self) -> None:
         """Goodbye and half-close; the worker closes the connection a moment later."""
@@ -467,6 +494,7 @@ class H2Host(asyncio.BufferedProtocol):
         self.data_received(_SHARED_READ[:nbytes])
 
     def data_received(self, data) -> None:
+        self.last_rx = time.monotonic()  # the loop's clock (asyncio uses monotonic)
         buf = self.buf
         buf += data
         pos = 0
@@ -528,7 +556,12 @@ class H2Host(asyncio.BufferedProtocol):
             if reply.send_domains:
                 self.resend = True
             return
-        self.interval = reply.interval_ms / 1000 if reply.interval_ms > 0 else 1.0
+        ping_interval = reply.interval_ms / 1000 if reply.interval_ms > 0 else 1.0
+        # Report interval as the slave reads it (heartbeat._apply): an older
+        # master sets none and wants one report per interval.
+        self.interval = (reply.report_interval_ms / 1000 if reply.report_interval_ms > 0
+                         else ping_interval)
+        self.ping_every = 2 * max(ping_interval, 0.5) if w.keepalive else 0.0
         self.up = True
         self.backoff.welcomed()
         w.counts.up += 1
@@ -540,9 +573,8 @@ class H2Host(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         self.due = loop.time() + self.rng.uniform(0, self.interval)
         self.timer = loop.call_at(self.due, self.beat)
-        if w.ping_every > 0:
-            self.pinger = loop.call_later(self.rng.uniform(0, w.ping_every) + w.ping_every,
-                                          self.ping)
+        if self.ping_every > 0:
+            self.pinger = loop.call_at(self.last_rx + self.ping_every, self.ping)
 
 
 class Worker:
@@ -568,7 +600,7 @@ class Worker:
         self.client = a.client
         self.host, _, port = a.master.rpartition(":")
         self.host, self.port = self.host.strip("[]"), int(port)
-        self.ping_every = 0.0 if a.no_keepalive else 2 * max(a.interval, 0.5)
+        self.keepalive = not a.no_keepalive
         self.counts = Counts()
         self.errors: dict[str, int] = {}
         self.stopping = False
@@ -590,7 +622,7 @@ class Worker:
         c = self.counts
         return {"type": kind, "proc": self.proc, "hosts": len(self.hosts), "up": c.up,
                 "opened": c.opened, "failed": c.failed, "broken": c.broken,
-                "beats": c.beats, "replies": c.replies, "late": c.late, "stalled": c.stalled, "pings_in": c.pings_in, "resent": c.resent,
+                "beats": c.beats, "replies": c.replies, "late": c.late, "stalled": c.stalled, "pings_in": c.pings_in, "pings_out": c.pings_out, "resent": c.resent,
                 "max_late": round(c.max_late, 3),
                 "elapsed": round(time.monotonic() - self.started, 3),
                 "cpu_s": round(common.cpu_seconds(os.getpid()), 3),
@@ -731,7 +763,7 @@ class LoadGen:
         with self._lock:
             records = list(self.latest.values())
         keys = ("up", "opened", "failed", "broken", "beats", "replies", "late", "stalled",
-                "pings_in", "resent")
+                "pings_in", "pings_out", "resent")
         out = {k: sum(r.get(k, 0) for r in records) for k in keys}
         out["max_late"] = max([r.get("max_late", 0.0) for r in records] or [0.0])
         out["cpu_s"] = sum(r.get("cpu_s", 0.0) for r in records)
@@ -746,7 +778,7 @@ class LoadGen:
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"only {self.totals()['up']} of {n} streams up "
                                    f"after {timeout}s: {self.totals()}")
-            if not any(w.running() for w in self.workers):
+            if not any(w.running for w in self.workers):
                 raise RuntimeError("load generator exited: "
                                    + self.workers[0].stderr_text()[-2000:])
             time.sleep(0.1)
@@ -845,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.start()
     try:
         last = 0.0
-        while any(w.running() for w in gen.workers):
+        while any(w.running for w in gen.workers):
             time.sleep(0.5)
             if time.monotonic() - last >= 5:
                 last = time.monotonic()

@@ -49,6 +49,8 @@ xcp vm-list
 xcp host-forget host1
 xcp vm-destroy web1 || echo "exit code $?"
 xcp --master 127.0.0.1:1 host-list || echo "exit code $?"
+export XCP_METRICS=$(sed -n 's/^xcp-master: metrics on //p' .xcp/logs/master.log)
+xcp top
 TOKEN=$(xcp token-issue --name alice --role read-only --ttl 3600)
 xcp --identity client --auth-token "$TOKEN" vm-list
 xcp --identity client --auth-token "$TOKEN" vm-start db1 || echo "exit code $?"

@@ -12,6 +12,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from tests.support.fakes import FakeContext, FakeRpcError, FakeStatus
+
 from xcp_control import errors
 from xcp_control.errors import CATALOGUE, DOMAIN, HOST_UNREACHABLE, XcpError, rpc_method
 from xcp.v1 import errors_pb2
@@ -23,45 +25,9 @@ def sample_params(reason: str) -> dict[str, str]:
     return {name: f"{name}-value" for name in CATALOGUE[reason].params}
 
 
-class FakeRpcError(grpc.RpcError, grpc.Call):
-    """What a client sees: an RpcError that is also the call (code, details, trailers)."""
-
-    def __init__(self, status: grpc.Status) -> None:
-        self._status = status
-
-    def code(self):
-        return self._status.code
-
-    def details(self):
-        return self._status.details
-
-    def trailing_metadata(self):
-        return self._status.trailing_metadata
-
-    def initial_metadata(self):
-        return ()
-
-    def is_active(self):
-        return False
-
-    def time_remaining(self):
-        return None
-
-    def cancel(self):
-        return False
-
-    def add_callback(self, callback):
-        return False
-
-
-class Status(grpc.Status):
-    def __init__(self, code, details, trailing_metadata=()):
-        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
-
-
 def rpc_error(code: grpc.StatusCode, message: str, details=()) -> FakeRpcError:
     proto = status_pb2.Status(code=code.value[0], message=message, details=list(details))
-    return FakeRpcError(rpc_status.to_status(proto))
+    return FakeRpcError.from_status(rpc_status.to_status(proto))
 
 
 def packed(message) -> any_pb2.Any:
@@ -163,7 +129,7 @@ def test_to_status_carries_error_info(reason):
     status = err.to_status()
     assert status.code == CATALOGUE[reason].code
     assert status.details.startswith(reason)
-    proto = rpc_status.from_call(FakeRpcError(status))
+    proto = rpc_status.from_call(FakeRpcError.from_status(status))
     assert proto.code == status.code.value[0]
     (detail,) = proto.details
     info = error_details_pb2.ErrorInfo()
@@ -175,7 +141,7 @@ def test_to_status_carries_error_info(reason):
 @pytest.mark.parametrize("reason", sorted(CATALOGUE))
 def test_from_rpc_error_round_trip(reason):
     err = XcpError(reason, **sample_params(reason))
-    back = XcpError.from_rpc_error(FakeRpcError(err.to_status()))
+    back = XcpError.from_rpc_error(FakeRpcError.from_status(err.to_status()))
     assert back is not None
     assert (back.reason, back.params, back.code, back.message) == (
         err.reason, err.params, err.code, err.message)
@@ -184,7 +150,7 @@ def test_from_rpc_error_round_trip(reason):
 def test_round_trip_keeps_awkward_values():
     value = "naïve \"quoted\" , = (paren) \n newline " + "x" * 300
     err = XcpError("INVALID_VALUE", field="name_label", value=value)
-    back = XcpError.from_rpc_error(FakeRpcError(err.to_status()))
+    back = XcpError.from_rpc_error(FakeRpcError.from_status(err.to_status()))
     assert back.params == {"field": "name_label", "value": value}
 
 
@@ -193,7 +159,7 @@ def test_from_rpc_error_without_our_error_info_is_none():
     assert XcpError.from_rpc_error(plain) is None
     assert errors.error_info(plain) is None
     # No trailers at all (a transport error).
-    bare = FakeRpcError(Status(grpc.StatusCode.UNAVAILABLE, "connection reset"))
+    bare = FakeRpcError.from_status(FakeStatus(grpc.StatusCode.UNAVAILABLE, "connection reset"))
     assert XcpError.from_rpc_error(bare) is None
     foreign = error_details_pb2.ErrorInfo(reason="HOST_OFFLINE", domain="example.com",
                                           metadata={"host": "h"})
@@ -219,8 +185,7 @@ def test_from_rpc_error_with_inconsistent_status_is_none():
     # Trailers claiming another code than the call's: rpc_status refuses them.
     info = error_details_pb2.ErrorInfo(reason="HOST_OFFLINE", domain=DOMAIN,
                                        metadata={"host": "h1"})
-    status = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "m", [packed(info)])._status
-    liar = FakeRpcError(status)
+    liar = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "m", [packed(info)])
     liar.code = lambda: grpc.StatusCode.UNAVAILABLE
     assert XcpError.from_rpc_error(liar) is None
 
@@ -233,15 +198,6 @@ def test_missing_metadata_key_comes_back_empty():
 
 
 # -- rpc_method: what leaves a servicer ---------------------------------------------
-
-
-class FakeContext:
-    def __init__(self) -> None:
-        self.aborted: tuple | None = None
-
-    async def abort(self, code, details, trailing_metadata=()):
-        self.aborted = (code, details, trailing_metadata)
-        raise grpc.aio.AbortError()
 
 
 class Servicer:
@@ -290,7 +246,7 @@ def call_stream(exc):
 
 def aborted_error(context: FakeContext) -> XcpError:
     """The catalogued error a client would decode from what the servicer aborted with."""
-    return XcpError.from_rpc_error(FakeRpcError(Status(*context.aborted)))
+    return XcpError.from_rpc_error(FakeRpcError.from_status(FakeStatus(*context.aborted)))
 
 
 def test_unary_success_passes_through():

@@ -74,6 +74,13 @@ CATALOGUE: dict[str, Reason] = {
         Reason("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", Code.FAILED_PRECONDITION, ("vm",),
                "the operation would leave too little room to restart every protected VM "
                "after ha_host_failures_to_tolerate host failures"),
+        Reason("HOST_IS_SLAVE", Code.UNAVAILABLE, ("master",),
+               "this master is not the pool's leader: call the master named (empty: none "
+               "is elected yet)"),
+        Reason("STALE_MASTER", Code.FAILED_PRECONDITION, ("epoch", "seen"),
+               "the call comes from a deposed leader: a newer epoch has been seen"),
+        Reason("HYPERVISOR_UNAVAILABLE", Code.UNAVAILABLE, ("host", "detail"),
+               "the host's hypervisor connection is down; the slave is re-opening it"),
     )
 }
 
@@ -210,6 +217,16 @@ def too_busy(detail: str) -> XcpError:
 
 def ha_operation_would_break_failover_plan(vm: str) -> XcpError:
     return XcpError("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", vm=vm)
+def host_is_slave(master: str) -> XcpError:
+    return XcpError("HOST_IS_SLAVE", master=master)
+
+
+def stale_master(epoch: int, seen: int) -> XcpError:
+    return XcpError("STALE_MASTER", epoch=epoch, seen=seen)
+
+
+def hypervisor_unavailable(host: str, detail: str) -> XcpError:
+    return XcpError("HYPERVISOR_UNAVAILABLE", host=host, detail=detail)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: XcpError) -> None:

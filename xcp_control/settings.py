@@ -122,7 +122,29 @@ def parse_endpoint(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-# -- the settings ----------------------------------------------------------------
+# Liveness timing (README, "Timing"): the master's C-core PINGs every connection
+# heartbeat_interval after its last packet and closes it when the PING goes
+# unanswered for dead_after - heartbeat_interval; reports are the backstop.
+MIN_PING_TIMEOUT = 0.5  # s: a loaded peer's C-core may take a few hundred ms to answer
+REPORT_DEADLINE_INTERVALS = 3  # reports missed in a row before the backstop acts
+
+
+def _check_liveness_timing(s: "MasterSettings") -> None:
+    if s.ping_timeout < MIN_PING_TIMEOUT:
+        raise SettingsError(
+            f"dead_after ({s.dead_after}s) must be larger than heartbeat_interval "
+            f"({s.heartbeat_interval}s) by at least {MIN_PING_TIMEOUT}s: that difference is "
+            f"how long a PING may go unanswered, and a shorter one cuts healthy hosts")
+    if s.report_interval < s.heartbeat_interval:
+        raise SettingsError(
+            f"report_interval ({s.report_interval}s) must be at least heartbeat_interval "
+            f"({s.heartbeat_interval}s): PINGs already prove life that often, more frequent "
+            f"reports only cost the master")
+    if s.report_deadline < s.dead_after:
+        raise SettingsError(
+            f"{REPORT_DEADLINE_INTERVALS} x report_interval ({s.report_deadline}s) must be at least "
+            f"dead_after ({s.dead_after}s): the report backstop must not judge before "
+            f"the transport does")
 
 
 @dataclass(frozen=True)
@@ -145,10 +167,13 @@ class MasterSettings:
     listen: str = setting("127.0.0.1:7000", "HOST:PORT to serve on", metavar="HOST:PORT")
     db_path: str = setting("./xcp-pool.db", "SQLite file of the pool database", flag="--db",
                            metavar="PATH")
-    heartbeat_interval: float = setting(1.0, "seconds between a slave's beats (told to slaves)",
-                                        metavar="S")
+    heartbeat_interval: float = setting(2.0, "seconds between the master's PINGs on each "
+                                        "heartbeat connection", metavar="S")
     dead_after: float = setting(3.0, "seconds of silence before a host is marked not live",
                                 metavar="S")
+    report_interval: float = setting(10.0, "longest a slave goes between reports (told to "
+                                     "slaves); no report for 3 x this marks a host not live",
+                                     metavar="S")
     contact_timeout: float = setting(2.0, "longest a forwarded call waits for a silent host",
                                      metavar="S")
     startup_grace: float | None = setting(
@@ -163,6 +188,8 @@ class MasterSettings:
                                 metavar="HOST:PORT")
     shed_lag: float = setting(0.5, "refuse new heartbeat streams (TOO_BUSY) while the event "
                               "loop lags more than this many seconds; 0 never", metavar="S")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
     reaper_tick: float = setting(0.1, "seconds between two reaper passes", cli=False)
     metrics_write_interval: float = setting(
@@ -174,10 +201,30 @@ class MasterSettings:
                                      cli=False)
     timeouts: OperationTimeouts = setting(OperationTimeouts(), "per-operation budgets",
                                           cli=False)
+    # Several masters on etcd (DESIGN.md "Several masters"); without etcd: SQLite at --db.
+    etcd: str = setting("", "etcd client URLs, comma-separated: several masters on etcd "
+                        "(default: one master, SQLite at --db)", metavar="URL[,URL...]")
+    etcd_prefix: str = setting("/xcp", "key prefix of this pool in etcd", metavar="P")
+    advertise: str = setting("", "API address other masters and slaves reach this master at "
+                             "(default: the bound address)", metavar="HOST:PORT")
+    lease_ttl: float = setting(2.0, "seconds of the leader's etcd lease (etcd's floor is 2)",
+                               metavar="S")
 
     @property
     def grace(self) -> float:
         return self.dead_after if self.startup_grace is None else self.startup_grace
+
+    @property
+    def ping_timeout(self) -> float:
+        """How long a PING may go unanswered: a PING goes out heartbeat_interval
+        after the last packet, so silence is caught exactly dead_after after it."""
+        return self.dead_after - self.heartbeat_interval
+
+    @property
+    def report_deadline(self) -> float:
+        """No report for this long marks a host not live (the backstop for a
+        slave whose C-core answers PINGs while its Python is stuck)."""
+        return REPORT_DEADLINE_INTERVALS * self.report_interval
 
     def validate(self) -> "MasterSettings":
         parse_endpoint(self.listen, "--listen")
@@ -186,13 +233,12 @@ class MasterSettings:
             if not self.tls_dir:
                 raise SettingsError("--token-listen needs --tls-dir: it is a TLS endpoint "
                                     "(without TLS every caller is trusted anyway)")
-        for name in ("heartbeat_interval", "dead_after", "contact_timeout", "reaper_tick",
-                     "metrics_write_interval"):
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
+        for name in ("heartbeat_interval", "dead_after", "report_interval", "contact_timeout",
+                     "reaper_tick", "metrics_write_interval"):
             _positive(name, getattr(self, name))
-        if self.dead_after <= self.heartbeat_interval:
-            raise SettingsError(
-                f"dead_after ({self.dead_after}s) must be larger than heartbeat_interval "
-                f"({self.heartbeat_interval}s): hosts would be marked dead between beats")
+        _check_liveness_timing(self)
         if self.shed_lag < 0:
             raise SettingsError(f"shed_lag must be >= 0, got {self.shed_lag}")
         if self.grace < 0:
@@ -201,14 +247,32 @@ class MasterSettings:
             raise SettingsError("watch_queue_size and change_log_size must be >= 1")
         for name, value in vars(self.timeouts).items():
             _positive(f"timeouts.{name}", value)
+        self._validate_ha()
         return self
+
+    def _validate_ha(self) -> None:
+        if self.advertise:
+            parse_endpoint(self.advertise, "--advertise")
+        if not self.etcd:
+            return
+        if not 1 <= self.lease_ttl <= 60:
+            raise SettingsError(f"lease_ttl must be within 1..60 s, got {self.lease_ttl}")
+        if not self.etcd_prefix.startswith("/") or self.etcd_prefix.rstrip("/") == "":
+            raise SettingsError(f"--etcd-prefix must start with / and name something, "
+                                f"got {self.etcd_prefix!r}")
+        from xcp_control.master.etcd_client import EtcdUrlError, channel_target
+        try:
+            channel_target(self.etcd)
+        except (EtcdUrlError, OSError) as exc:
+            raise SettingsError(str(exc)) from None
 
 
 @dataclass(frozen=True)
 class SlaveSettings:
     """Everything `xcp-slave` needs; one instance per process."""
 
-    master: str = setting("127.0.0.1:7000", "the master's endpoint", metavar="HOST:PORT")
+    master: str = setting("127.0.0.1:7000", "the master's endpoint; several masters on etcd: "
+                          "all of them, comma-separated", metavar="HOST:PORT[,HOST:PORT...]")
     listen: str = setting("127.0.0.1:0", "where SlaveService listens; port 0 picks a free one",
                           metavar="HOST:PORT")
     advertise: str = setting("", "address reported to the master (default: the bound listen "
@@ -230,10 +294,29 @@ class SlaveSettings:
                                    "unreachable master", metavar="S")
     tls_dir: str = setting("", "pool certificates: speak only mutual TLS (default: plaintext)",
                            metavar="DIR")
+    metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(default: off)", metavar="HOST:PORT")
     log_level: str = setting("INFO", "stderr log level", choices=LOG_LEVELS)
+    backend: str = setting("simulated", "hypervisor backend", choices=("simulated", "libvirt"))
+    libvirt_uri: str = setting("qemu:///system", "libvirt connection of --backend libvirt",
+                               metavar="URI")
+    libvirt_domain_type: str = setting("auto", "libvirt domain type: kvm, qemu (TCG), or auto "
+                                       "(kvm where /dev/kvm opens)",
+                                       choices=("auto", "kvm", "qemu"))
+    console_dir: str = setting("", "where libvirt guests' serial consoles are logged "
+                               "(default: STATE_DIR/console)", metavar="DIR")
+    shutdown_timeout: float = setting(50.0, "seconds a libvirt guest gets to honour a clean "
+                                      "shutdown before it is hard-stopped", metavar="S")
+    shutdown_resend: float = setting(5.0, "seconds between two clean shutdown requests to a "
+                                     "libvirt guest", metavar="S")
+    watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
+                                   "(slave/watchdog.py)", metavar="PATH")
 
     def validate(self) -> "SlaveSettings":
-        parse_endpoint(self.master, "--master")
+        for master in self.master.split(","):
+            parse_endpoint(master.strip(), "--master")
+        if self.metrics_listen:
+            parse_endpoint(self.metrics_listen, "--metrics-listen")
         parse_endpoint(self.listen, "--listen")
         if self.advertise:
             parse_endpoint(self.advertise, "--advertise")
@@ -242,4 +325,11 @@ class SlaveSettings:
         for name in ("boot_time", "clean_shutdown_time", "hard_shutdown_time", "pause_time"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0")
+        if self.backend not in ("simulated", "libvirt"):
+            raise SettingsError(f"backend must be simulated or libvirt, got {self.backend!r}")
+        if self.libvirt_domain_type not in ("auto", "kvm", "qemu"):
+            raise SettingsError("libvirt_domain_type must be auto, kvm or qemu, "
+                                f"got {self.libvirt_domain_type!r}")
+        _positive("shutdown_timeout", self.shutdown_timeout)
+        _positive("shutdown_resend", self.shutdown_resend)
         return self

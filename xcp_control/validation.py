@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid as uuid_module
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from xcp_control import errors
 from xcp.v1 import datamodel_pb2
@@ -15,6 +15,7 @@ MAX_PAGE = 100_000
 MAX_CONFIG_ENTRIES = 64
 MAX_CONFIG_KEY = 255
 MAX_CONFIG_VALUE = 4096
+MAX_BOOT_FIELD = 4096  # pv_kernel, pv_ramdisk, pv_args
 
 
 invalid = errors.invalid_value  # the one INVALID_VALUE constructor, under its local name
@@ -74,3 +75,24 @@ def ha_restart_priority(field: str, value: int) -> int:
 
 def ha_restart_order(field: str, value: int) -> int:
     return count(field, value, -MAX_RESTART_ORDER, MAX_RESTART_ORDER)
+class Boot(NamedTuple):
+    """A VM's direct kernel boot: pv_kernel, pv_ramdisk, pv_args."""
+
+    kernel: str = ""
+    ramdisk: str = ""
+    args: str = ""
+
+
+NO_BOOT = Boot()
+
+
+def boot(request) -> Boot:
+    """pv_kernel, pv_ramdisk, pv_args of a request: bounded and printable. The
+    paths are the hosts'; only the slave that boots the VM can check them."""
+    checked = []
+    for field in ("pv_kernel", "pv_ramdisk", "pv_args"):
+        value = getattr(request, field)
+        if len(value) > MAX_BOOT_FIELD or not value.isprintable():
+            raise invalid(field, value)
+        checked.append(value)
+    return Boot(*checked)

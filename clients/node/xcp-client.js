@@ -46,7 +46,7 @@ const DOMAIN = 'xcp.v1';
 const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
 const MASTER_NAME = 'master.xcp'; // the name in the master's certificate (xcp_control/pki.py)
 
-const USAGE = `usage: node xcp-client.js [--master HOST:PORT] [--timeout S] [--protos DIR]
+const USAGE = `usage: node xcp-client.js [--master HOST:PORT[,HOST:PORT...]] [--timeout S] [--protos DIR]
                          [--google-protos DIR] [--tls-dir DIR] [--identity NAME]
                          [--auth-token TOKEN] [--ca-cert FILE] COMMAND [ARGS]
 commands:
@@ -56,7 +56,8 @@ commands:
   start-vm VM [--host HOST] [--paused]
   shutdown-vm VM [--force]
   disable-host HOST | enable-host HOST
---master defaults to $XCP_MASTER, else 127.0.0.1:7000; --timeout to 30 s.
+--master defaults to $XCP_MASTER, else 127.0.0.1:7000 (several masters: all of
+them, comma-separated; one that is down is skipped); --timeout to 30 s.
 --tls-dir defaults to $XCP_TLS_DIR (none: plaintext); --identity to $XCP_IDENTITY,
 else admin (DIR/client-NAME.pem); --auth-token to $XCP_TOKEN; --ca-cert (TLS
 with no client certificate: the token endpoint; overrides --tls-dir) to $XCP_CA_CERT.`;
@@ -136,6 +137,19 @@ function readFile(file) {
   } catch (e) {
     throw new UsageError(`cannot read ${file}: ${e.message}`);
   }
+}
+
+// Several masters (HOST:PORT,HOST:PORT,...): one channel over all of them
+// (grpc-js's ipv4: list and pick_first), so a master that refuses is skipped
+// and the next one tried; any master answers (followers pass calls on).
+function masterTarget(master) {
+  const parts = master.split(',').map((p) => p.trim()).filter((p) => p);
+  if (parts.length <= 1) return master;
+  const ips = parts.map((p) => {
+    const host = p.slice(0, p.lastIndexOf(':'));
+    return host === 'localhost' ? `127.0.0.1${p.slice(p.lastIndexOf(':'))}` : p;
+  });
+  return `ipv4:${ips.join(',')}`;
 }
 
 // {credentials, options, metadata} for the channels to the master.
@@ -308,9 +322,10 @@ async function main(argv) {
     return EXIT.USAGE;
   }
   const v1 = loadServices(opts.protos);
+  const target = masterTarget(opts.master);
   const clients = {
-    hosts: new v1.HostService(opts.master, conn.credentials, conn.options),
-    vms: new v1.VMService(opts.master, conn.credentials, conn.options),
+    hosts: new v1.HostService(target, conn.credentials, conn.options),
+    vms: new v1.VMService(target, conn.credentials, conn.options),
     metadata: conn.metadata,
   };
   try {

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.fault_helpers import Lab
+from tests.support.lab import Lab
 from tests.support.netns import TestHost, require_test_hosts
 
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from tests.fault.fault_helpers import (
-    CALL_TIMEOUT, Client, Lab, Outcome, Pending, SlaveProcess, settle, state_name,
-    wait_until)
+from tests.support.daemons import SlaveProcess
+from tests.support.lab import Lab
+from tests.support.observers import CALL_TIMEOUT, Client, Outcome, Pending, settle, state_name
+from tests.support.processes import wait_until
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import host_service_pb2 as hs
 from xcp.v1 import vm_service_pb2 as vs
@@ -294,7 +295,7 @@ def test_host_offline_is_fast_once_the_host_is_known_down(
 def beat_after(client: Client, host: str, wall: float) -> None:
     """Wait for a heartbeat of `host` that reached the master after `wall` (time.time())."""
     wait_until(lambda: client.metrics(host).last_updated.ToNanoseconds() / 1e9 > wall, 5,
-               f"a heartbeat of {host}", step=0.01)
+               f"a heartbeat of {host}", interval=0.01)
 
 
 def test_declare_dead_host_comes_back_and_its_stale_domain_is_destroyed(lab: Lab) -> None:

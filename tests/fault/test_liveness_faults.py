@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.fault_helpers import Case, Lab, wait_until
+from tests.support.lab import Case, Lab
+from tests.support.processes import wait_until
 from xcp.v1 import event_service_pb2 as ev
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,7 +51,7 @@ def sync_to_beat(client, host: str) -> float:
 
     before = beat()
     return wait_until(lambda: (b := beat()) != before and b, 3 * HB, "a heartbeat",
-                      step=0.005) / 1e9
+                      interval=0.005) / 1e9
 
 
 def test_sigkill_marks_host_not_live_at_once(lab: Lab, case: Case) -> None:

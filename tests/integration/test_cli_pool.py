@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from tests.integration.pool_helpers import (
-    XCP_BIN, LineReader, RunningPool, client_env, popen, xcp)
-from tests.support.processes import free_port
+from tests.support.clients import client_env, xcp, XCP_BIN
+from tests.support.pool import RunningPool
+from tests.support.processes import free_port, LineReader, popen
 
 GiB = 1024**3
 

@@ -11,7 +11,8 @@ import sqlite3
 
 import grpc
 
-from tests.support.processes import MasterProcess, channel as open_channel, stubs
+from tests.support.clients import channel as open_channel, stubs
+from tests.support.daemons import MasterProcess
 from xcp.v1 import vm_service_pb2 as vs
 from xcp.v1 import vm_service_pb2_grpc
 

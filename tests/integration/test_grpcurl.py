@@ -12,7 +12,7 @@ import uuid as uuid_module
 
 import pytest
 
-from tests.support.processes import channel as open_channel, grpcurl, stubs
+from tests.support.clients import channel as open_channel, grpcurl, stubs
 from xcp_control.errors import CATALOGUE, DOMAIN
 from xcp.v1 import vm_service_pb2 as vs
 

@@ -17,7 +17,7 @@ from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_g
 from xcp_control.errors import XcpError
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity, Reconnect
 from xcp_control.slave.hypervisor import SimulatedHypervisor
-from tests.support.processes import MasterProcess
+from tests.support.daemons import MasterProcess
 from xcp_control.rpc.server import bind
 from xcp_control.rpc.options import server_options
 
@@ -45,6 +45,17 @@ class TooBusy(pb_grpc.LivenessServiceServicer):
     async def Heartbeat(self, request_iterator, context):
         await context.abort_with_status(XcpError("TOO_BUSY", detail="test").to_status())
         yield  # pragma: no cover - an async generator, as the real servicer is
+
+
+class Refusing(pb_grpc.LivenessServiceServicer):
+    """Refuses the caller for who it is, as the master does a borrowed certificate."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    async def Heartbeat(self, request_iterator, context):
+        await context.abort(self.code, "not this host")
+        yield  # pragma: no cover
 
 
 class Mute(pb_grpc.LivenessServiceServicer):
@@ -84,6 +95,20 @@ def test_a_master_that_sheds_the_stream_is_busy():
             await server.stop(None)
         assert len(policy.failures) >= 3 and all(policy.failures), policy.failures
         assert policy.welcomes == 0
+    asyncio.run(go())
+
+
+def test_a_slave_refused_for_who_it_is_backs_off_as_turned_away():
+    """PERMISSION_DENIED / UNAUTHENTICATED: retrying at once cannot help, so the
+    slave backs off as from a busy master instead of knocking 3 times a second."""
+    async def go():
+        for code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            server, address = await serve(Refusing(code))
+            try:
+                policy = await failures_against(address, 1.0)
+            finally:
+                await server.stop(None)
+            assert len(policy.failures) >= 3 and all(policy.failures), (code, policy.failures)
     asyncio.run(go())
 
 

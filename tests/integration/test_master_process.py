@@ -13,7 +13,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.support.processes import MASTER_BIN, MasterProcess, channel as open_channel, stubs
+from tests.support.clients import channel as open_channel, stubs
+from tests.support.daemons import MASTER_BIN, MasterProcess
 from xcp_control.errors import CATALOGUE, DOMAIN, XcpError, error_info
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import event_service_pb2 as ev

@@ -17,7 +17,9 @@ import subprocess
 
 import pytest
 
-from tests.integration.pool_helpers import NODE_DIR, RunningPool, client_env, node_or_skip
+from tests.support.clients import client_env
+from tests.support.node_client import NODE_DIR, node_or_skip
+from tests.support.pool import RunningPool
 from tests.support.processes import free_port
 
 CLIENT = NODE_DIR / "xcp-client.js"

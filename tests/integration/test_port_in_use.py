@@ -9,7 +9,9 @@ import socket
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.support.processes import MasterProcess, ProcessStartError, channel, stubs
+from tests.support.clients import channel, stubs
+from tests.support.daemons import MasterProcess
+from tests.support.processes import ProcessStartError
 from xcp.v1 import vm_service_pb2 as vs
 
 T = 10

@@ -19,7 +19,10 @@ import subprocess
 
 import pytest
 
-from tests.integration.pool_helpers import REPO, PoolScript, client_env, node_or_skip
+from tests.support.clients import client_env
+from tests.support.node_client import node_or_skip
+from tests.support.pool_script import PoolScript
+from tests.support.processes import REPO
 
 README = REPO / "README.md"
 WALKTHROUGH = REPO / "scripts" / "walkthrough.sh"
@@ -133,6 +136,10 @@ def test_walkthrough_runs_against_a_pool(tmp_path):
         assert "error: VM_BAD_POWER_STATE" in out and "exit code 1" in out
         assert "error: cannot reach the master at 127.0.0.1:1: connection refused\n" \
                "exit code 4" in out
+        # xcp top, piped: one snapshot of the two hosts left, with the master's metrics.
+        assert re.search(r"^xcp top - master \S+ - 2 hosts, 2 live; 2 VMs, 1 running - ", out,
+                         re.M), out
+        assert re.search(r"^  errors: HOST_OFFLINE [1-9]", out, re.M), out
         # Security: a read-only token lists (db1 HALTED, web1 RUNNING) but may not
         # start a VM; a client certificate alone is refused; plaintext never connects.
         tail = out.split("exit code 4", 1)[1]

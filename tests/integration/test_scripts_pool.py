@@ -14,12 +14,13 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from tests.integration.pool_helpers import (
-    POOL_SCRIPT, REPO, PoolScript, client_env, session_pids, wait_until, xcp)
-from tests.support.processes import free_port, grpcurl_path
+from tests.support.clients import client_env, run_grpcurl, xcp
+from tests.support.pool_script import POOL_SCRIPT, PoolScript
+from tests.support.processes import free_port, REPO, session_pids, wait_until
 
 
 def hosts_live(pool: PoolScript) -> dict[str, bool]:
@@ -33,6 +34,21 @@ def hosts_live(pool: PoolScript) -> dict[str, bool]:
 def no_process_left(pool: PoolScript) -> None:
     wait_until(lambda: not session_pids(pool.sid), timeout=10,
                what=f"no process left in the session of scripts/pool: {session_pids(pool.sid)}")
+
+
+def check_metrics(pool, state) -> None:
+    """Metrics are on: the banner's URLs answer, and prometheus-targets.json
+    (a Prometheus file_sd file) names the same endpoints."""
+    urls = re.findall(r"^\s+(master|host\d+)\s+(http://127\.0\.0\.1:\d+/metrics)$",
+                      pool.text(), re.M)
+    assert [name for name, _ in urls] == ["master", "host1", "host2"], pool.text()
+    for name, url in urls:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        assert ("xcp_hosts{" if name == "master" else "xcp_slave_domains{") in text
+    targets = json.loads((state / "prometheus-targets.json").read_text())
+    listed = [t for group in targets for t in group["targets"]]
+    assert listed == [url.removeprefix("http://").removesuffix("/metrics") for _, url in urls]
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
@@ -53,6 +69,7 @@ def test_starts_prints_and_stops_everything(tmp_path, how):
             assert (state / "run" / f"{name}.pid").read_text().strip() == host["pid"]
             assert (state / "slaves" / name).is_dir()
         assert (state / "pool.db").exists() and (state / "logs" / "master.log").exists()
+        check_metrics(pool, state)
 
         if how == "SIGTERM":
             code = pool.stop(signal.SIGTERM)
@@ -98,7 +115,7 @@ def test_port_in_use_is_refused(tmp_path):
             assert f"port {port} on 127.0.0.1 is in use" in second.text()
             no_process_left(second)
         finally:
-            second.kill()
+            second.kill_all()
         assert hosts_live(first) == {"host1": True}
 
 
@@ -174,9 +191,7 @@ def run_shell(commands: list[str], timeout: float = 120) -> subprocess.Completed
 
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([grpcurl_path(), "-connect-timeout", "3", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return run_grpcurl("-connect-timeout", "3", *args, timeout=timeout)
 
 
 def test_secure_by_default(tmp_path):

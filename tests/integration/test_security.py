@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,14 +11,16 @@ import pytest
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.processes import MasterProcess, grpcurl_path
+from tests.support.clients import run_grpcurl
+from tests.support.daemons import MasterProcess, SlaveProcess
+from tests.support.pool import make_tls_dir
+from tests.support.processes import wait_until
 from xcp_control.security import pki
 from xcp_control.errors import error_info
 from xcp.v1 import host_service_pb2 as hs, host_service_pb2_grpc
 from xcp.v1 import liveness_service_pb2 as lv, liveness_service_pb2_grpc
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 
-SLAVE_BIN = Path(sys.executable).parent / "xcp-slave"
 GB = 1 << 30
 
 
@@ -28,11 +28,8 @@ GB = 1 << 30
 def pool(tmp_path_factory):
     """A TLS pool directory with a CA, the master's and clients' certificates."""
     root = tmp_path_factory.mktemp("secure")
-    tls = pki.TlsDir(root / "tls")
-    pki.create_ca(tls)
-    pki.issue(tls, tls.master(), "master", "master")
-    for name, kind in [("admin", "pool-admin"), ("viewer", "read-only"), ("anon", "client")]:
-        pki.issue(tls, tls.client(name), name, kind)
+    tls = make_tls_dir(root / "tls")  # master, admin, viewer (and client)
+    pki.issue(tls, tls.client("anon"), "anon", "client")
     with MasterProcess(root / "pool.db", log_dir=root,
                        extra_args=["--tls-dir", str(tls.path),
                                    "--token-listen", "127.0.0.1:0"]) as master:
@@ -59,14 +56,14 @@ def reason_of(call) -> str:
     return info.reason if info else err.value.code().name
 
 
-def start_slave(root: Path, tls_dir: Path, master: str, host_uuid: str, name: str):
+def start_slave(root: Path, tls_dir: Path, master: str, host_uuid: str,
+                name: str) -> SlaveProcess:
+    """A slave of `host_uuid` on the certificates of `tls_dir`, started (not awaited)."""
     state = root / f"{name}-state"
     state.mkdir()
     (state / "host-uuid").write_text(host_uuid + "\n")
-    log = open(root / f"{name}.err", "w")
-    return subprocess.Popen([str(SLAVE_BIN), "--master", master, "--state-dir", str(state),
-                             "--name", name, "--tls-dir", str(tls_dir)],
-                            stdout=subprocess.DEVNULL, stderr=log)
+    return SlaveProcess(master, state, name, log_dir=root,
+                        extra_args=["--tls-dir", str(tls_dir)]).spawn()
 
 
 def hosts(tls, master) -> dict[str, bool]:
@@ -74,20 +71,6 @@ def hosts(tls, master) -> dict[str, bool]:
         reply = host_service_pb2_grpc.HostServiceStub(ch).ListHosts(hs.ListHostsRequest(),
                                                                      timeout=5)
     return {h.uuid: m.live for h, m in zip(reply.hosts, reply.host_metrics)}
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.kill()
-    proc.wait(timeout=10)
 
 
 def test_plaintext_client_is_refused(pool):
@@ -167,10 +150,10 @@ def test_slave_with_foreign_or_self_signed_certificate_cannot_join(pool, tmp_pat
         slave = start_slave(tmp_path, rogue.path, master.address, host_uuid, label)
         try:
             time.sleep(2.0)  # several heartbeat attempts
-            assert slave.poll() is None  # it keeps trying, it is just never let in
+            assert slave.running  # it keeps trying, it is just never let in
             assert host_uuid not in hosts(tls, master)
         finally:
-            stop(slave)
+            slave.kill()
     assert hosts(tls, master) == before
 
 
@@ -181,7 +164,8 @@ def test_host_impersonating_another_is_refused(pool, tmp_path):
     pki.issue(tls, tls.host(claimed), claimed, "host")
     real = start_slave(tmp_path, tls.path, master.address, honest, "honest")
     try:
-        assert wait_for(lambda: hosts(tls, master).get(honest) is True, 10)
+        wait_until(lambda: hosts(tls, master).get(honest) is True, 10, "the honest host live",
+                   interval=0.1)
         # A second slave holding the honest host's certificate but claiming
         # `claimed` as its uuid: its Hello is refused.
         liar_tls = pki.TlsDir(tmp_path / "liar")
@@ -196,10 +180,10 @@ def test_host_impersonating_another_is_refused(pool, tmp_path):
             assert claimed not in hosts(tls, master)
             assert hosts(tls, master)[honest] is True
         finally:
-            stop(liar)
+            liar.kill()
         assert "claiming to be host" in master.stderr_text()
     finally:
-        stop(real)
+        real.kill()
 
 
 # -- the token endpoint: TLS that asks for no client certificate -------------------
@@ -211,9 +195,8 @@ def test_token_endpoint_serves_health_and_reflection_to_anyone_with_the_ca(pool)
     with secure_channel(tls, master.token_address, None) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    listed = subprocess.run([grpcurl_path(), "-cacert", str(tls.ca_cert), "-max-time", "10",
-                             master.token_address, "list"],
-                            capture_output=True, text=True, timeout=30)
+    listed = run_grpcurl("-cacert", str(tls.ca_cert), "-max-time", "10",
+                         master.token_address, "list", timeout=30)
     assert listed.returncode == 0 and "xcp.v1.VMService" in listed.stdout, listed.stderr
 
 

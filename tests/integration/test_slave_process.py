@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import re
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,6 +26,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.support.daemons import SLAVE_BIN, SlaveProcess
+from tests.support.processes import free_port, wait_until
 from xcp.v1 import datamodel_pb2
 from xcp.v1 import liveness_service_pb2 as lpb
 from xcp.v1 import liveness_service_pb2_grpc as lpb_grpc
@@ -45,30 +43,6 @@ GiB = 1024**3
 LINE = re.compile(r"xcp-slave: host (?P<uuid>[0-9a-f-]{36}) "
                   r"listening on (?P<addr>127\.0\.0\.1:\d+)")
 VM1 = "aaaaaaaa-0000-4000-8000-000000000001"
-
-
-def _slave_command() -> str:
-    beside_python = Path(sys.executable).parent / "xcp-slave"
-    found = str(beside_python) if beside_python.exists() else shutil.which("xcp-slave")
-    if not found:
-        pytest.fail("the xcp-slave console script is not installed: pip install -e .")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- an event loop in a thread ---------------------------------------------------
@@ -158,56 +132,24 @@ def master(loop_thread):
 # -- the slave process -------------------------------------------------------------
 
 
-class Slave:
-    """One xcp-slave process; the first stdout line is parsed for uuid and address."""
-
-    def __init__(self, master_port: int, state_dir: Path, log_path: Path, *extra: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "a")
-        self.proc = subprocess.Popen(
-            [_slave_command(), "--master", f"127.0.0.1:{master_port}", "--listen", "127.0.0.1:0",
-             "--state-dir", str(state_dir), "--name", "host-a", "--memory", "8G",
-             "--boot-time", "0.02", "--clean-shutdown-time", "0.02", "--pause-time", "0",
-             *extra],
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
-        line = self._first_line(timeout=15)
-        match = LINE.fullmatch(line.rstrip("\n"))
-        assert match, f"unexpected first stdout line {line!r}; log:\n{self.log()}"
-        self.uuid, self.address = match["uuid"], match["addr"]
-
-    def _first_line(self, timeout: float) -> str:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()),
-                         daemon=True).start()
-        try:
-            return lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no stdout line within {timeout}s; log:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc.stdout.close()
-        self._log.close()
+# Fast simulated domains, so the tests wait for heartbeats, not for boots.
+SLAVE_ARGS = ("--memory", "8G", "--boot-time", "0.02", "--clean-shutdown-time", "0.02",
+              "--pause-time", "0")
 
 
 @pytest.fixture
 def start_slave(tmp_path):
-    started: list[Slave] = []
+    """start(master_port, state_dir=None, *extra) -> a started SlaveProcess named host-a,
+    whose first stdout line is its `listening on` line; all are killed at teardown."""
+    started: list[SlaveProcess] = []
 
-    def start(master_port: int, state_dir: Path | None = None, *extra: str) -> Slave:
-        slave = Slave(master_port, state_dir or tmp_path / "state",
-                      tmp_path / f"slave-{len(started)}.log", *extra)
+    def start(master_port: int, state_dir: Path | None = None, *extra: str) -> SlaveProcess:
+        slave = SlaveProcess(f"127.0.0.1:{master_port}", state_dir or tmp_path / "state",
+                             name="host-a", log_dir=tmp_path, extra_args=[*SLAVE_ARGS, *extra])
         started.append(slave)
+        slave.start(timeout=15)
+        first = slave.stdout[0].rstrip("\n")
+        assert LINE.fullmatch(first), f"unexpected first stdout line {first!r}; log:\n{slave.log()}"
         return slave
 
     try:
@@ -378,7 +320,7 @@ def test_reflection_and_health(master, start_slave, loop_thread):
     (["--boot-time", "-1"], "boot_time must be >= 0"),
 ])
 def test_bad_flags_exit_2_with_one_clear_line(flags, message, tmp_path):
-    done = subprocess.run([_slave_command(), "--state-dir", str(tmp_path / "s"), *flags],
+    done = subprocess.run([str(SLAVE_BIN), "--state-dir", str(tmp_path / "s"), *flags],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -393,7 +335,7 @@ def test_port_in_use_exits_1_without_traceback(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = subprocess.run([_slave_command(), "--state-dir", str(tmp_path / "s"),
+        done = subprocess.run([str(SLAVE_BIN), "--state-dir", str(tmp_path / "s"),
                                "--listen", f"127.0.0.1:{port}", "--master", "127.0.0.1:1"],
                               capture_output=True, text=True, timeout=30)
     assert done.returncode == 1, done.stderr

@@ -5,7 +5,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -72,7 +72,7 @@ class HostMetrics(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., host: _Optional[str] = ..., live: _Optional[bool] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ...) -> None: ...
 
 class VM(_message.Message):
-    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config", "ha_restart_priority", "ha_restart_order")
+    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config", "ha_restart_priority", "ha_restart_order", "pv_kernel", "pv_ramdisk", "pv_args")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class VM(_message.Message):
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
     HA_RESTART_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     HA_RESTART_ORDER_FIELD_NUMBER: _ClassVar[int]
+    PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
+    PV_ARGS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name_label: str
     power_state: PowerState
@@ -100,4 +103,27 @@ class VM(_message.Message):
     other_config: _containers.ScalarMap[str, str]
     ha_restart_priority: HaRestartPriority
     ha_restart_order: int
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., ha_restart_priority: _Optional[_Union[HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ...) -> None: ...
+    pv_kernel: str
+    pv_ramdisk: str
+    pv_args: str
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., ha_restart_priority: _Optional[_Union[HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
+
+class Pool(_message.Message):
+    __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MASTERS_FIELD_NUMBER: _ClassVar[int]
+    HA_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HA_HOST_FAILURES_TO_TOLERATE_FIELD_NUMBER: _ClassVar[int]
+    HA_PLAN_EXISTS_FOR_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    name_label: str
+    master: str
+    epoch: int
+    masters: _containers.RepeatedScalarFieldContainer[str]
+    ha_enabled: bool
+    ha_host_failures_to_tolerate: int
+    ha_plan_exists_for: int
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., masters: _Optional[_Iterable[str]] = ..., ha_enabled: _Optional[bool] = ..., ha_host_failures_to_tolerate: _Optional[int] = ..., ha_plan_exists_for: _Optional[int] = ...) -> None: ...

@@ -24,6 +24,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RBAC_PERMISSION_DENIED: _ClassVar[ErrorReason]
     TOO_BUSY: _ClassVar[ErrorReason]
     HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: _ClassVar[ErrorReason]
+    HOST_IS_SLAVE: _ClassVar[ErrorReason]
+    STALE_MASTER: _ClassVar[ErrorReason]
+    HYPERVISOR_UNAVAILABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 HOST_OFFLINE: ErrorReason
 CANNOT_CONTACT_HOST: ErrorReason
@@ -42,3 +45,6 @@ SESSION_AUTHENTICATION_FAILED: ErrorReason
 RBAC_PERMISSION_DENIED: ErrorReason
 TOO_BUSY: ErrorReason
 HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: ErrorReason
+HOST_IS_SLAVE: ErrorReason
+STALE_MASTER: ErrorReason
+HYPERVISOR_UNAVAILABLE: ErrorReason

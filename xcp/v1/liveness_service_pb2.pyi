@@ -18,7 +18,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., beat: _Optional[_Union[Beat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled")
+    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable")
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Hello(_message.Message):
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HYPERVISOR_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     host_uuid: str
     name_label: str
     address: str
@@ -35,21 +36,24 @@ class Hello(_message.Message):
     domains: _containers.RepeatedCompositeFieldContainer[_slave_service_pb2.Domain]
     domains_digest: str
     enabled: bool
-    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    hypervisor_unavailable: bool
+    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ...) -> None: ...
 
 class Beat(_message.Message):
-    __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains")
+    __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains", "hypervisor_unavailable")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FREE_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_INCLUDED_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    HYPERVISOR_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     memory_free: int
     domains_digest: str
     domains_included: bool
     domains: _containers.RepeatedCompositeFieldContainer[_slave_service_pb2.Domain]
-    def __init__(self, seq: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains_digest: _Optional[str] = ..., domains_included: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ...) -> None: ...
+    hypervisor_unavailable: bool
+    def __init__(self, seq: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains_digest: _Optional[str] = ..., domains_included: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., hypervisor_unavailable: _Optional[bool] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)
@@ -58,11 +62,15 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_ms", "domains_ack", "send_domains")
+    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_ACK_FIELD_NUMBER: _ClassVar[int]
     SEND_DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     interval_ms: int
     domains_ack: str
     send_domains: bool
-    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ...) -> None: ...
+    report_interval_ms: int
+    epoch: int
+    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...

@@ -27,10 +27,27 @@ if _version_not_supported:
 
 class LivenessServiceStub:
     """One long-lived bidirectional stream per slave. The first message is a
-    Hello; then one Beat per interval; a slave that stops cleanly sends Goodbye
-    and is marked not live at once. A stream that ends without Goodbye (crash,
-    reset connection) marks the host not live at once too. A host that stays
-    silent for dead_after is marked not live by the reaper.
+    Hello; then a Beat (a report) whenever the host's memory or domains change,
+    and at least one per report_interval; a slave that stops cleanly sends
+    Goodbye and is marked not live at once.
+
+    Liveness is judged by the transport, not by the reports: the master's gRPC
+    core PINGs every connection heartbeat_interval after its last packet and
+    closes the connection when a PING goes unanswered for dead_after minus
+    heartbeat_interval, so a host is marked not live dead_after after the last
+    packet it sent. Timing (defaults; README "Timing"):
+
+    event                                   marked not live after
+    stream ends (crash, reset, Goodbye)     at once (milliseconds)
+    no packet (SIGSTOP, partition)          dead_after (3 s) of silence
+    PINGs answered but no report            3 x report_interval (30 s)
+    master restarted                        hosts keep their state for
+    startup_grace (dead_after)
+
+    What a slave may conclude: while its stream is open and the master's PINGs
+    keep arriving, the master counts the host live (a master that stops
+    counting it closes the stream; a leader that steps down closes every
+    stream). A stream that ends, or no PING for a while, means: not counted.
     """
 
     def __init__(self, channel):
@@ -48,10 +65,27 @@ class LivenessServiceStub:
 
 class LivenessServiceServicer:
     """One long-lived bidirectional stream per slave. The first message is a
-    Hello; then one Beat per interval; a slave that stops cleanly sends Goodbye
-    and is marked not live at once. A stream that ends without Goodbye (crash,
-    reset connection) marks the host not live at once too. A host that stays
-    silent for dead_after is marked not live by the reaper.
+    Hello; then a Beat (a report) whenever the host's memory or domains change,
+    and at least one per report_interval; a slave that stops cleanly sends
+    Goodbye and is marked not live at once.
+
+    Liveness is judged by the transport, not by the reports: the master's gRPC
+    core PINGs every connection heartbeat_interval after its last packet and
+    closes the connection when a PING goes unanswered for dead_after minus
+    heartbeat_interval, so a host is marked not live dead_after after the last
+    packet it sent. Timing (defaults; README "Timing"):
+
+    event                                   marked not live after
+    stream ends (crash, reset, Goodbye)     at once (milliseconds)
+    no packet (SIGSTOP, partition)          dead_after (3 s) of silence
+    PINGs answered but no report            3 x report_interval (30 s)
+    master restarted                        hosts keep their state for
+    startup_grace (dead_after)
+
+    What a slave may conclude: while its stream is open and the master's PINGs
+    keep arriving, the master counts the host live (a master that stops
+    counting it closes the stream; a leader that steps down closes every
+    stream). A stream that ends, or no PING for a while, means: not counted.
     """
 
     def Heartbeat(self, request_iterator, context):
@@ -80,10 +114,27 @@ def add_LivenessServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class LivenessService:
     """One long-lived bidirectional stream per slave. The first message is a
-    Hello; then one Beat per interval; a slave that stops cleanly sends Goodbye
-    and is marked not live at once. A stream that ends without Goodbye (crash,
-    reset connection) marks the host not live at once too. A host that stays
-    silent for dead_after is marked not live by the reaper.
+    Hello; then a Beat (a report) whenever the host's memory or domains change,
+    and at least one per report_interval; a slave that stops cleanly sends
+    Goodbye and is marked not live at once.
+
+    Liveness is judged by the transport, not by the reports: the master's gRPC
+    core PINGs every connection heartbeat_interval after its last packet and
+    closes the connection when a PING goes unanswered for dead_after minus
+    heartbeat_interval, so a host is marked not live dead_after after the last
+    packet it sent. Timing (defaults; README "Timing"):
+
+    event                                   marked not live after
+    stream ends (crash, reset, Goodbye)     at once (milliseconds)
+    no packet (SIGSTOP, partition)          dead_after (3 s) of silence
+    PINGs answered but no report            3 x report_interval (30 s)
+    master restarted                        hosts keep their state for
+    startup_grace (dead_after)
+
+    What a slave may conclude: while its stream is open and the master's PINGs
+    keep arriving, the master counts the host live (a master that stops
+    counting it closes the stream; a leader that steps down closes every
+    stream). A stream that ends, or no PING for a while, means: not counted.
     """
 
     @staticmethod

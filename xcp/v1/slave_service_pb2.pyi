@@ -20,16 +20,22 @@ class Domain(_message.Message):
     def __init__(self, vm_uuid: _Optional[str] = ..., state: _Optional[_Union[_datamodel_pb2.PowerState, str]] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ...) -> None: ...
 
 class StartDomainRequest(_message.Message):
-    __slots__ = ("vm_uuid", "memory", "vcpus", "paused")
+    __slots__ = ("vm_uuid", "memory", "vcpus", "paused", "pv_kernel", "pv_ramdisk", "pv_args")
     VM_UUID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
+    PV_ARGS_FIELD_NUMBER: _ClassVar[int]
     vm_uuid: str
     memory: int
     vcpus: int
     paused: bool
-    def __init__(self, vm_uuid: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+    pv_kernel: str
+    pv_ramdisk: str
+    pv_args: str
+    def __init__(self, vm_uuid: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., paused: _Optional[bool] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class ShutdownDomainRequest(_message.Message):
     __slots__ = ("vm_uuid", "force")

@@ -34,12 +34,18 @@ class CreateVMRequest(_message.Message):
     def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., ha_restart_priority: _Optional[_Union[_datamodel_pb2.HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ...) -> None: ...
 
 class UpdateVMRequest(_message.Message):
-    __slots__ = ("vm", "update_mask")
+    __slots__ = ("vm", "update_mask", "pv_kernel", "pv_ramdisk", "pv_args")
     VM_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
+    PV_ARGS_FIELD_NUMBER: _ClassVar[int]
     vm: _datamodel_pb2.VM
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, vm: _Optional[_Union[_datamodel_pb2.VM, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    pv_kernel: str
+    pv_ramdisk: str
+    pv_args: str
+    def __init__(self, vm: _Optional[_Union[_datamodel_pb2.VM, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class GetVMRequest(_message.Message):
     __slots__ = ("uuid",)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from xcp.v1 import datamodel_pb2 as dm
-from xcp_control.cli import certs, render
+from xcp_control.cli import certs, render, top
 from xcp_control.cli.commands import (
     Context, cmd_host_declare_dead, cmd_host_disable, cmd_host_enable, cmd_host_forget,
     cmd_host_get, cmd_host_list, cmd_host_metrics, cmd_vm_create, cmd_vm_destroy,
@@ -96,6 +96,7 @@ examples:
   xcp vm-start web1 --host host2         start it (placement picks a host without --host)
   xcp vm-list --power-state running --json
   xcp watch --class host_metrics         events as they happen (Ctrl-C stops)
+  xcp top --metrics 127.0.0.1:9100       live view of hosts, flips and forwarded calls
 """
 
 
@@ -105,7 +106,8 @@ def _epilog() -> str:
             f"environment:\n  XCP_MASTER  the master's HOST:PORT when --master is not given "
             f"(default {DEFAULT_MASTER})\n"
             f"  XCP_TLS_DIR, XCP_IDENTITY, XCP_TOKEN, XCP_CA_CERT  defaults of --tls-dir, "
-            f"--identity, --auth-token, --ca-cert\n\n"
+            f"--identity, --auth-token, --ca-cert\n"
+            f"  XCP_METRICS  the master's metrics endpoint, for `xcp top` (default of --metrics)\n\n"
             f"exit codes:\n{codes}\n")
 
 
@@ -166,6 +168,11 @@ def _vm_create_args(p: argparse.ArgumentParser) -> None:
                    help="host placement should prefer (uuid or name_label)")
     p.add_argument("--other-config", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="an other_config entry (repeatable)")
+    for flag, what in (("--pv-kernel", "guest kernel path on the hosts (libvirt backend)"),
+                       ("--pv-ramdisk", "guest initial ramdisk path on the hosts"),
+                       ("--pv-args", "guest kernel command line")):
+        p.add_argument(flag, default="", metavar="PATH" if "args" not in flag else "ARGS",
+                       help=what)
 
 
 def _vm_list_args(p: argparse.ArgumentParser) -> None:
@@ -229,6 +236,9 @@ COMMANDS = (
     Command("vm-unpause", "unpause a PAUSED VM", cmd_vm_unpause, lifecycle=True, add=_vm_arg),
     Command("watch", "print events as they happen (one line each; --json: one object "
                      "per line)", cmd_watch, add=_watch_args),
+    Command("top", "a live view of the pool: hosts, live, last report, memory, VMs, recent "
+                   "flips, forwarded calls (with --metrics); piped: one snapshot",
+            top.cmd_top, add=top.add_args),
     Command("pool-init", "create the pool CA, the master's and client certificates in "
                          "--tls-dir", lambda c: certs.pool_init(c.args),
             add=certs.add_pool_init_args, offline=True),
@@ -277,6 +287,8 @@ def parse_args(argv: list[str] | None, environ: dict[str, str] | None = None,
     args.identity = getattr(args, "identity", None) or environ.get("XCP_IDENTITY", "admin")
     args.auth_token = getattr(args, "auth_token", None) or environ.get("XCP_TOKEN", "")
     args.ca_cert = getattr(args, "ca_cert", None) or environ.get("XCP_CA_CERT", "")
+    if command.name == "top":
+        args.metrics = args.metrics or environ.get("XCP_METRICS", "")
     explicit = getattr(args, "timeout", None)
     if command.name == "watch":
         args.timeout = explicit  # None: watch until stopped

@@ -26,6 +26,7 @@ from xcp.v1 import event_service_pb2_grpc, host_service_pb2 as hs, host_service_
 from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
 from xcp_control.cli.render import error_line
 from xcp_control.rpc import credentials as tls
+from xcp_control.rpc.channels import multi_target
 from xcp_control.security import pki
 from xcp_control.errors import HOST_UNREACHABLE, error_info
 
@@ -129,10 +130,13 @@ class Connection:
         self.secure = credentials is not None
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
                    ("grpc.enable_retries", 0)]
+        # Several masters (a,b,c): one channel over all of them, moving on
+        # when one refuses; any master answers (followers pass calls on).
+        target = multi_target(address)
         if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=options)
+            self.channel = grpc.insecure_channel(target, options=options)
         else:
-            self.channel = grpc.secure_channel(address, credentials,
+            self.channel = grpc.secure_channel(target, credentials,
                                                options=options + tls.to_master())
         self.channel.subscribe(self._on_state)
         self.hosts = host_service_pb2_grpc.HostServiceStub(self.channel)

@@ -73,7 +73,8 @@ def cmd_vm_create(c: Context) -> None:
     affinity = c.conn.host_uuid(a.affinity) if a.affinity else ""
     vm = c.conn.call(c.conn.vms.CreateVM, vs.CreateVMRequest(
         name_label=a.name_label, memory=a.memory, vcpus=a.vcpus, affinity=affinity,
-        other_config=dict(a.other_config or [])))
+        other_config=dict(a.other_config or []), pv_kernel=a.pv_kernel,
+        pv_ramdisk=a.pv_ramdisk, pv_args=a.pv_args))
     # Like `xe vm-install`: the new uuid alone, for VM=$(xcp vm-create ...).
     c.out.json(vm) if c.out.json_mode else c.out.write(vm.uuid)
 

@@ -253,6 +253,20 @@ _STYLES = {"true": "green", "false": "red", "RUNNING": "green", "PAUSED": "yello
            "HALTED": "dim", "SUSPENDED": "cyan", "never": "red"}
 
 
+def rich_table(table: Table):
+    """A table for a terminal (rich), values styled as they read (true, RUNNING)."""
+    from rich import box
+    from rich.table import Table as RichTable
+
+    header, rows = table
+    out = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name in header:
+        out.add_column(name, no_wrap=True, overflow="fold")
+    for row in rows:
+        out.add_row(*(f"[{_STYLES[c]}]{c}[/]" if c in _STYLES else _escape(c) for c in row))
+    return out
+
+
 class Output:
     """Where results go. `json_mode`: JSON documents; otherwise rich tables on
     a terminal and plain aligned text when piped."""
@@ -275,17 +289,9 @@ class Output:
         if not self.terminal:
             self.write(plain_table(header, rows))
             return
-        from rich import box
         from rich.console import Console
-        from rich.table import Table as RichTable
 
-        out = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                        header_style="bold")
-        for name in header:
-            out.add_column(name, no_wrap=True, overflow="fold")
-        for row in rows:
-            out.add_row(*(f"[{_STYLES[c]}]{c}[/]" if c in _STYLES else _escape(c)
-                          for c in row))
+        out = rich_table(table)
         # Never squash or fold a uuid: on a narrow terminal the table is drawn
         # at its natural width and the terminal wraps it.
         natural = max(len(line) for line in plain_table(header, rows).splitlines())

@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from xcp_control import validation
+from xcp_control import errors, validation
 from xcp_control.errors import rpc_method
 from xcp_control.master.events import EventHub, Sync
 from xcp_control.master.sessions import HeartbeatSessions
@@ -27,6 +27,7 @@ from xcp.v1 import (
     host_service_pb2 as hs,
     host_service_pb2_grpc,
     liveness_service_pb2_grpc,
+    pool_service_pb2_grpc,
     vm_service_pb2 as vs,
     vm_service_pb2_grpc,
 )
@@ -84,7 +85,8 @@ class VMServicer(vm_service_pb2_grpc.VMServiceServicer):
     async def CreateVM(self, request, context):
         return await self._pool.create_vm(request.name_label, request.memory, request.vcpus,
                                           request.affinity, dict(request.other_config),
-                                          request.ha_restart_priority, request.ha_restart_order)
+                                          request.ha_restart_priority, request.ha_restart_order,
+                                          boot=validation.boot(request))
 
     @rpc_method
     async def UpdateVM(self, request, context):
@@ -149,13 +151,46 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             yield to_event(item, self._hub)
 
 
+class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
+    """GetPool: answered by every master itself (who leads, which masters run)."""
+
+    def __init__(self, describe) -> None:
+        self._describe = describe
+
+    @rpc_method
+    async def GetPool(self, request, context):
+        return self._describe()
+
+
 class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
-    """Heartbeat streams. A newer stream of a host supersedes (cancels) the older."""
+    """Heartbeat streams. A newer stream of a host supersedes (cancels) the older.
+
+    An open stream means "the master counts this host live" (README, "Timing"),
+    so the master ends the stream of every host it stops counting live (the
+    report backstop, DeclareDead), and `close_all` ends every stream (a master
+    that stops, a leader that steps down)."""
 
     def __init__(self, sessions: HeartbeatSessions, hello_timeout: float) -> None:
         self._sessions = sessions
         self._hello_timeout = hello_timeout
         self._streams: dict[str, asyncio.Task] = {}
+        self._ending: set[asyncio.Task] = set()  # streams we end (see close)
+
+    def close(self, host: str) -> None:
+        """End the host's stream with HOST_OFFLINE. A cancelled handler alone
+        would leave the client's call open (grpc.aio sends nothing for it), so
+        the handler, told by `_ending`, turns the cancellation into a status. A sessions listener
+        (master/server.py wires it) for every host no longer counted live."""
+        task = self._streams.get(host)
+        # The stream's own task is ending already (its end is what flipped).
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            self._ending.add(task)
+            task.cancel()
+
+    def close_all(self) -> None:
+        """End every heartbeat stream: slaves then know they are not counted."""
+        for host in list(self._streams):
+            self.close(host)
 
     @rpc_method
     async def Heartbeat(self, request_iterator, context):
@@ -181,7 +216,13 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
                     break
                 else:
                     raise validation.invalid("kind", kind or "empty")
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self._ending:
+                raise  # the client went away, or the server is stopping
+            asyncio.current_task().uncancel()  # handled: the stream ends with a status
+            raise errors.host_offline(session.host) from None
         finally:
+            self._ending.discard(asyncio.current_task())
             self._sessions.end(session, goodbye)
             if self._streams.get(session.host) is asyncio.current_task():
                 del self._streams[session.host]

@@ -51,6 +51,10 @@ class Subscription:
             self._queue.get_nowait()
         self._queue.put_nowait(_LOST)
 
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
     async def next(self) -> Change | None:
         """The next change, or None once this watcher fell behind."""
         item = await self._queue.get()
@@ -64,10 +68,15 @@ class EventHub:
         self._store = store
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
+        self.events_lost = 0  # watchers answered EVENTS_LOST (cut off, or a stale token)
 
     @property
     def watchers(self) -> int:
         return len(self._subscriptions)
+
+    def queue_depths(self) -> list[int]:
+        """Changes waiting in each watcher's queue (read at scrape time)."""
+        return [sub.depth for sub in self._subscriptions]
 
     def publish(self, changes: list[Change]) -> None:
         for sub in self._subscriptions:
@@ -91,6 +100,7 @@ class EventHub:
                 if change.generation > last:
                     last = change.generation
                     yield change
+            self.events_lost += 1
             raise errors.events_lost(self.token(last))
         finally:
             self._subscriptions.discard(sub)
@@ -106,6 +116,7 @@ class EventHub:
         since = self.parse_token(token)
         changes = await self._store.changes_since(since)
         if changes is None:
+            self.events_lost += 1
             raise errors.events_lost(token)
         last = max([since, *(c.generation for c in changes)])
         return [c for c in changes if c.class_name in wanted], last
@@ -120,6 +131,7 @@ class EventHub:
         if not (generation.isascii() and generation.isdigit() and len(generation) <= 20):
             raise errors.invalid_value("token", token)
         if db_id != self._store.db_id or int(generation) > self._store.generation:
+            self.events_lost += 1
             raise errors.events_lost(token)
         return int(generation)
 

@@ -41,9 +41,17 @@ from xcp.v1 import slave_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# listener(method, reason, seconds) for each forwarded call that ended:
+# reason "OK" or the catalogued reason it failed with.
+CallListener = Callable[[str, str, float], None]
+OK = "OK"
+
 # Time kept back from the client's deadline so that our answer, not its own
 # DEADLINE_EXCEEDED, reaches it.
 DEADLINE_MARGIN = 0.05
+_READY = grpc.ChannelConnectivity.READY
+# The leader's epoch on every call to a slave (several masters on etcd).
+EPOCH_HEADER = "xcp-epoch"
 
 
 def _cannot_contact(host: str, operation: str) -> XcpError:
@@ -107,7 +115,8 @@ class _Peer:
 
 @dataclass(eq=False)
 class _InFlight:
-    """A forwarded call, so that a host's death can fail it at once."""
+    """A forwarded call, so that a host's death can fail it at once: `task`
+    is the caller's own task (the servicer's), cancelled with `offline` set."""
 
     task: asyncio.Task
     offline: bool = field(default=False)
@@ -118,8 +127,12 @@ class Forwarder:
 
     def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
                  clock: Callable[[], float],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 fence: Callable[[], int] | None = None) -> None:
         self._store = store
+        # Several masters: our epoch for every call (HOST_IS_SLAVE while we may
+        # not act), so a deposed leader sends no slave command at all.
+        self._fence = fence
         self._liveness = liveness
         self._contact_timeout = contact_timeout
         self._clock = clock
@@ -128,25 +141,55 @@ class Forwarder:
         self._peers: dict[str, _Peer] = {}
         self._in_flight: dict[str, set[_InFlight]] = {}
         self._closing: set[asyncio.Future] = set()  # channels being closed
+        self._call_listeners: list[CallListener] = []
+
+    def add_call_listener(self, listener: CallListener) -> None:
+        """Tell listener(method, reason, seconds) how each forwarded call ended
+        (a call its own caller cancelled has no outcome and is not told)."""
+        self._call_listeners.append(listener)
 
     async def call(self, host: str, method: str, request: Message, *, operation: str,
                    timeout: float, budget: float | None) -> Message:
         """Call SlaveService.`method` on `host` within min(timeout, budget)."""
+        started = self._clock()
+        try:
+            answer = await self._call(host, method, request, operation, timeout, budget)
+        except XcpError as exc:
+            self._ended(method, exc.reason, started)
+            raise
+        except Exception:  # a bug: the servicer answers INTERNAL_ERROR
+            self._ended(method, "INTERNAL_ERROR", started)
+            raise
+        self._ended(method, OK, started)
+        return answer
+
+    def _ended(self, method: str, reason: str, started: float) -> None:
+        seconds = self._clock() - started
+        for listener in self._call_listeners:
+            listener(method, reason, seconds)
+
+    async def _call(self, host: str, method: str, request: Message, operation: str,
+                    timeout: float, budget: float | None) -> Message:
+        if self._fence is not None:
+            self._fence()  # a master that may not act sends nothing (HOST_IS_SLAVE)
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
         if deadline <= 0:
             raise errors.operation_timed_out(host, operation)
         peer = self._peer(host)
-        flight = _InFlight(asyncio.ensure_future(self._invoke(peer, method, request, deadline)))
+        # The call runs in the caller's task, not one of its own: a host's death
+        # cancels that task (one task and one loop round per call fewer).
+        flight = _InFlight(asyncio.current_task())
         calls = self._in_flight.setdefault(host, set())
         calls.add(flight)
         try:
-            return await flight.task
+            return await self._invoke(peer, method, request, deadline)
         except asyncio.CancelledError:
-            if flight.offline:
-                raise errors.host_offline(host) from None
-            raise
+            if not flight.offline:
+                raise
+            flight.task.uncancel()  # handled: the caller goes on to answer HOST_OFFLINE
+            raise errors.host_offline(host) from None
         except grpc.RpcError as exc:
             raise translate(exc, host, operation) from exc
         finally:
@@ -154,19 +197,26 @@ class Forwarder:
 
     async def _invoke(self, peer: _Peer, method: str, request: Message,
                       deadline: float) -> Message:
-        started = self._clock()
-        await self._connect(peer.channel, min(self._contact_timeout, deadline))
-        remaining = deadline - (self._clock() - started)
-        return await getattr(peer.stub, method)(request, timeout=max(remaining, 0.001))
+        """The slave call itself; connecting first only when there is no
+        transport (a READY channel goes straight to the call)."""
+        if peer.channel.get_state(try_to_connect=True) != _READY:
+            deadline -= await self._connect(peer.channel, min(self._contact_timeout, deadline))
+        # The epoch is read after connecting: a term that ended while we
+        # waited for the transport sends nothing.
+        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
+        return await getattr(peer.stub, method)(request, timeout=max(deadline, 0.001),
+                                                metadata=metadata)
 
-    async def _connect(self, channel: grpc.aio.Channel, budget: float) -> None:
+    async def _connect(self, channel: grpc.aio.Channel, budget: float) -> float:
         """Wait for a transport, at most `budget`; a refusal fails at once.
+        Returns the seconds it took.
 
         A new channel to a frozen peer would wait 20 s for the HTTP/2 settings
         (GRPC-FACTS.md): keepalive does not run before the transport is up."""
-        ready = grpc.ChannelConnectivity.READY
+        ready = _READY
         state = channel.get_state(try_to_connect=True)
-        end = self._clock() + budget
+        started = self._clock()
+        end = started + budget
         while state != ready:
             if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 raise ConnectFailed("no transport: the last connection attempt failed")
@@ -178,6 +228,7 @@ class Forwarder:
             except asyncio.TimeoutError:
                 raise ConnectFailed(f"no connection within {budget:.1f}s") from None
             state = channel.get_state(try_to_connect=True)
+        return self._clock() - started
 
     def _peer(self, host: str) -> _Peer:
         record = self._store.get("host", host)
@@ -205,9 +256,13 @@ class Forwarder:
     def on_flip(self, host: str, live: bool) -> None:
         if live:
             return
+        current = asyncio.current_task()
         for flight in self._in_flight.get(host, ()):
-            flight.offline = True
-            flight.task.cancel()
+            # A call whose own task flipped the host (DeclareDead inside it) is
+            # not mid-await: it learns of the flip from its own result.
+            if flight.task is not None and flight.task is not current:
+                flight.offline = True
+                flight.task.cancel()
         # The connection of a host declared down is not trusted when it returns:
         # after a partition it can still look READY while its packets wait out
         # TCP's retransmission backoff, so the first call would stall for the
@@ -216,6 +271,10 @@ class Forwarder:
 
     def in_flight(self, host: str) -> int:
         return len(self._in_flight.get(host, ()))
+
+    @property
+    def in_flight_total(self) -> int:
+        return sum(len(calls) for calls in self._in_flight.values())
 
     def forget(self, host: str) -> None:
         """Close the host's channel: it left the pool or was declared down."""

@@ -44,11 +44,18 @@ class MetricsMirror:
         self._dirty: set[str] = set()  # hosts to write at once
         self._stale: set[str] = set()  # hosts whose figures wait for their interval
         self._wake = asyncio.Event()
+        self._report_listeners: list[Callable[[str], None]] = []
+
+    def add_report_listener(self, listener: Callable[[str], None]) -> None:
+        """Call listener(host) after each report's figures are taken in."""
+        self._report_listeners.append(listener)
 
     def report(self, host: str, memory_free: int, wall: float,
                memory_total: int | None = None) -> None:
         """Figures from a heartbeat (memory_total only with a Hello); written
         later, at a bounded rate. This is on the per-beat path: keep it lean."""
+        for listener in self._report_listeners:
+            listener(host)
         seen = self._reported.get(host)
         if seen is None:
             self._reported[host] = _Reported(memory_total or 0, memory_free, wall, self._clock())

@@ -62,7 +62,8 @@ class Lifecycle:
 
         def forward(vm: dm.VM) -> tuple[str, Message]:
             return self._place(vm, requested), sl.StartDomainRequest(
-                vm_uuid=vm.uuid, memory=vm.memory, vcpus=vm.vcpus, paused=paused)
+                vm_uuid=vm.uuid, memory=vm.memory, vcpus=vm.vcpus, paused=paused,
+                pv_kernel=vm.pv_kernel, pv_ramdisk=vm.pv_ramdisk, pv_args=vm.pv_args)
 
         def result(vm: dm.VM, target: str) -> dm.VM:
             out = copy(vm)

@@ -117,7 +117,8 @@ class Pool:
 
     async def create_vm(self, name_label: str, memory: int, vcpus: int, affinity: str,
                         other_config: dict[str, str], ha_restart_priority: int = 0,
-                        ha_restart_order: int = 0) -> dm.VM:
+                        ha_restart_order: int = 0,
+                        boot: validation.Boot = validation.NO_BOOT) -> dm.VM:
         vm = dm.VM(
             uuid=str(uuid_module.uuid4()),
             name_label=validation.name("name_label", name_label),
@@ -128,7 +129,8 @@ class Pool:
             other_config=validation.other_config("other_config", other_config),
             ha_restart_priority=validation.ha_restart_priority("ha_restart_priority",
                                                                ha_restart_priority),
-            ha_restart_order=validation.ha_restart_order("ha_restart_order", ha_restart_order))
+            ha_restart_order=validation.ha_restart_order("ha_restart_order", ha_restart_order),
+            pv_kernel=boot.kernel, pv_ramdisk=boot.ramdisk, pv_args=boot.args)
         if vm.affinity:
             self.host(vm.affinity)
         await self.store.put(vm)

@@ -23,6 +23,7 @@ from xcp_control.security import setup as security
 from xcp_control.master.admission import LoopLag, watch_loop_lag
 from xcp_control.master.events import EventHub
 from xcp_control.master.forwarding import Forwarder
+from xcp_control.master.ha import HaNode
 from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.listing import HostListing
@@ -30,19 +31,23 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
+from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.master.reconcile import Reconciler
-from xcp_control.rpc.server import (DecodeGuard, PortInUse, add_standard_services, bind,
-                                    service_name)
+from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
+                                    bind, service_name)
 from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
-from xcp_control.rpc.options import server_options
+from xcp_control.rpc.options import master_server_options
 from xcp.v1 import (
+    datamodel_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
     host_service_pb2,
     host_service_pb2_grpc,
     liveness_service_pb2,
     liveness_service_pb2_grpc,
+    pool_service_pb2,
+    pool_service_pb2_grpc,
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
@@ -54,6 +59,7 @@ SERVICES = [
     service_name(vm_service_pb2, "VMService"),
     service_name(event_service_pb2, "EventService"),
     service_name(liveness_service_pb2, "LivenessService"),
+    service_name(pool_service_pb2, "PoolService"),
 ]
 
 
@@ -64,9 +70,14 @@ class Master:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings.validate()
         self.clock = clock
-        self.store = SqliteStore(settings.db_path, change_log_size=settings.change_log_size)
+        # -- HA hook: several masters on etcd (None: one master on SQLite) --
+        self.ha = HaNode.build(self.settings, clock)
+        self.store = self.ha.store if self.ha else SqliteStore(
+            settings.db_path, change_log_size=settings.change_log_size)
         self.address = ""
         self.token_address = ""  # HOST:PORT of the token endpoint, if there is one
+        self.metrics: MasterMetrics | None = None  # with --metrics-listen
+        self.metrics_address = ""  # HOST:PORT of /metrics, if served
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -77,21 +88,29 @@ class Master:
         sec = security.for_master(s.tls_dir)
         self._build(sec)
         self._wire()
-        self._server = self._build_server(sec.interceptors)
+        self._wire_metrics()
+        # -- HA hook: routing last, so that authentication runs first --
+        self._server = self._build_server([*sec.interceptors, *self._ha_interceptors()])
         self.address = bind(self._server, s.listen, sec.server_credentials)
         if s.token_listen:
             # The same services and interceptor, but TLS that asks for no client
             # certificate: a caller there is whoever its bearer token says.
             self.token_address = bind(self._server, s.token_listen, sec.token_server_credentials)
+        if self.metrics is not None:
+            self.metrics_address = self.metrics.serve(s.metrics_listen)
         await self.store.open()
         self.liveness.restore(self._stored_liveness(), self.clock())
+        if self.ha:  # -- HA hook: campaign; lead only once elected --
+            self.sessions.close()
+            self.ha.start(s.advertise or self.address)
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics"),
                        asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
                                                           s.reaper_tick), name="loop-lag")]
-        log.info("master listening on %s, database %s", self.address, s.db_path)
+        log.info("master listening on %s, database %s", self.address,
+                 f"etcd {s.etcd} {s.etcd_prefix}" if self.ha else s.db_path)
         if self.token_address:
             log.info("token endpoint (TLS, no client certificate) on %s", self.token_address)
         return self.address
@@ -99,7 +118,7 @@ class Master:
     def _build(self, sec: security.Security) -> None:
         """Create the pieces; they know each other only through these arguments."""
         s = self.settings
-        self.liveness = Liveness(s.dead_after, s.grace, started_at=self.clock())
+        self.liveness = Liveness(s.report_deadline, s.grace, started_at=self.clock())
         self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
@@ -108,9 +127,12 @@ class Master:
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
-                                          s.heartbeat_interval, self.clock, self.loop_lag)
+                                          s.heartbeat_interval, self.clock, self.loop_lag,
+                                          report_interval=s.report_interval)
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
-                                   credentials=sec.channel_credentials)
+                                   credentials=sec.channel_credentials,
+                                   fence=self.ha.fence if self.ha else None)
+        self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)
@@ -132,38 +154,99 @@ class Master:
         when step 2's write commits, like every other change.
 
         A store commit: the event hub publishes it to watchers, then ListHosts
-        learns whether its answer must be rebuilt.
+        learns whether its answer must be rebuilt. A report's figures (memory,
+        last beat) reach ListHosts within a second, never one write per beat.
         """
         for on_flip in (self.forwarder.on_flip, self.mirror.on_flip, self.sessions.on_flip,
                         self.lifecycle.on_flip, self.listing.on_flip):
             self.liveness.add_listener(on_flip)
         for on_commit in (self.hub.publish, self.listing.on_changes):
             self.store.add_listener(on_commit)
+        self.mirror.add_report_listener(self.listing.on_report)
         self.sessions.add_domains_listener(self.reconciler.on_domains)
+        # A host no longer counted live loses its stream: the slave then knows.
+        self.sessions.add_not_live_listener(self.liveness_servicer.close)
         self.pool.add_forget_listener(self.forwarder.forget)
+        if self.ha:
+            # With several masters: the Hello answer carries our epoch (or
+            # names the leader), and leading starts and stops the host side.
+            self.sessions.gate = self.ha.fence
+            self.ha.add_listener(self._on_leading)
+
+    # -- HA hooks (several masters on etcd) ---------------------------------
+
+    def _ha_interceptors(self) -> list:
+        return [self.ha.router] if self.ha else []
+
+    def _on_leading(self, acting: bool) -> None:
+        """This master starts or stops acting as the pool's leader. Calls in
+        flight are failed by the router (routing.py), which listens too."""
+        if acting:
+            # A new leader gives every host the startup grace: a failover
+            # marks no live host dead.
+            self.liveness.restore(self._stored_liveness(), self.clock())
+            self.sessions.reopen()
+        else:
+            self.sessions.close()
+            self.liveness_servicer.close_all()
+
+    def describe_pool(self) -> datamodel_pb2.Pool:
+        pool = datamodel_pb2.Pool(uuid=self.store.db_id)
+        if self.ha:
+            self.ha.describe(pool)
+        else:
+            pool.master = self.settings.advertise or self.address
+            pool.masters.append(pool.master)
+        return pool
+
+    def _wire_metrics(self) -> None:
+        """With --metrics-listen (master/prometheus.py): what the scrape reads,
+        and the listeners that time forwarded calls and store commits; the API
+        interceptor goes first in _build_server. Metrics react to nothing:
+        they only read, so their place in _wire's order does not matter."""
+        if not self.settings.metrics_listen:
+            return
+        metrics = self.metrics = MasterMetrics()
+        sources = PoolSources(self.liveness, self.sessions, self.loop_lag, self.hub,
+                              self.forwarder, lambda: len(self.store.list("host")))
+        metrics.add_source(lambda: pool_families(sources))
+        self.forwarder.add_call_listener(metrics.observe_forwarded)
+        self.store.add_commit_observer(metrics.observe_commit)
 
     def _stored_liveness(self) -> list[tuple[str, bool]]:
         return [(m.host, m.live) for m in self.store.list("host_metrics")]
 
     def _build_server(self, interceptors) -> grpc.aio.Server:
-        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes),
-                                 interceptors=[DecodeGuard(), *interceptors])
+        s = self.settings
+        options = master_server_options(s.max_message_bytes, s.heartbeat_interval, s.ping_timeout)
+        counted = [self.metrics.api] if self.metrics is not None else []  # outermost: counts all
+        # No interceptor unless TLS, HA or metrics need one: each costs every call
+        # (BENCHMARKS.md).
+        server = grpc.aio.server(options=options, interceptors=[*counted, *interceptors] or None)
+        lenient = LenientRegistration(server)  # undecodable requests: INVALID_VALUE
         host_service_pb2_grpc.add_HostServiceServicer_to_server(
-            api.HostServicer(self.pool, self.lifecycle, self.listing), server)
+            api.HostServicer(self.pool, self.lifecycle, self.listing), lenient)
         vm_service_pb2_grpc.add_VMServiceServicer_to_server(
-            api.VMServicer(self.pool, self.lifecycle), server)
+            api.VMServicer(self.pool, self.lifecycle), lenient)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            api.EventServicer(self.hub), server)
+            api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
-            api.LivenessServicer(self.sessions, hello_timeout=self.settings.dead_after), server)
+            self.liveness_servicer, server)
+        pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
+            api.PoolServicer(self.describe_pool), server)
         return server
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reaper_tick)
+            if self.ha:  # -- HA hook: only an acting leader judges hosts --
+                self.ha.tick()
+                if not self.ha.acting():
+                    continue
             for host in self.liveness.reap(self.clock()):
-                log.warning("host %s missed its heartbeats for %.1fs: not live",
-                            host, self.settings.dead_after)
+                log.warning("host %s missed its heartbeats (no report for %.1fs, though "
+                            "its connection answers PINGs): not live",
+                            host, self.settings.report_deadline)
 
     async def stop(self, reason: str = "shutdown", grace: float = 1.0) -> None:
         """Stop serving. Hosts keep their stored liveness: the streams this ends
@@ -172,10 +255,14 @@ class Master:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ha:
+            await self.ha.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.forwarder.close()
         await self.store.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 async def run(settings: MasterSettings) -> None:
@@ -184,6 +271,8 @@ async def run(settings: MasterSettings) -> None:
     def started() -> None:
         if master.token_address:  # first: "listening on" tells readers the master is up
             print(f"xcp-master: token endpoint on {master.token_address}", flush=True)
+        if master.metrics_address:
+            print(f"xcp-master: metrics on http://{master.metrics_address}/metrics", flush=True)
         print(f"xcp-master: listening on {master.address}", flush=True)
 
     await daemon.serve_until_signalled(master, started)

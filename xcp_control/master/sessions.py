@@ -1,8 +1,10 @@
-"""The master's side of heartbeat streams: registration, beats, goodbyes.
+"""The master's side of heartbeat streams: registration, reports, goodbyes.
 
 `HeartbeatSessions` holds the logic; the LivenessService servicer only moves
-messages. The per-beat path is kept lean (one dict move in Liveness, a digest
-comparison): at 10,000 hosts it runs 10,000 times a second.
+messages. Whether a host is silent is the transport's business (the master's
+gRPC core PINGs each connection, liveness.py); Python sees a host's reports
+only, one per report_interval or on a change, so the per-report path stays
+lean (one dict move in Liveness, a digest comparison).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from xcp_control import validation
 from xcp_control.master.admission import LoopLag
 from xcp_control.security.auth import CALLER
 from xcp_control import errors
+from xcp_control.master import liveness as liveness_module
 from xcp_control.master.liveness import Liveness
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.store import Put, Store
@@ -34,6 +37,7 @@ class Session:
 
     host: str
     stream: int
+    epoch: int = 0  # the leader's epoch the stream was opened under (0: one master)
 
 
 class HeartbeatSessions:
@@ -42,42 +46,66 @@ class HeartbeatSessions:
     def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
                  interval: float, clock: Callable[[], float],
                  loop_lag: LoopLag | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 report_interval: float | None = None) -> None:
         self._store = store
         self._loop_lag = loop_lag
         self._liveness = liveness
         self._mirror = mirror
         self._interval_ms = int(interval * 1000)
+        # 0 tells the slave to report once per interval (the pre-PING protocol)
+        self._report_ms = int((report_interval or 0) * 1000)
         self._clock = clock
         self._wall = wall_clock
         self._digests: dict[str, str] = {}  # host -> digest of the domain list we hold
         self._domain_listeners: list[DomainsListener] = []
+        self._not_live_listeners: list[Callable[[str], None]] = []
+        self._hypervisor_unavailable: set[str] = set()  # hosts whose reports say so
         self._closing = False
+        # With several masters: the epoch to answer a Hello with, or
+        # HOST_IS_SLAVE naming the leader when this master does not lead.
+        self.gate: Callable[[], int] | None = None
+        # Plain counts the metrics collector reads at scrape time: an int
+        # increment is the whole cost on the beat path (no lock, no label lookup).
+        self.reports = 0  # Hellos and beats taken
+        self.sheds = 0  # new streams refused TOO_BUSY
 
     def add_domains_listener(self, listener: DomainsListener) -> None:
         """Call listener(host, domains) with each full domain list a host sends."""
         self._domain_listeners.append(listener)
+
+    def add_not_live_listener(self, listener: Callable[[str], None]) -> None:
+        """Call listener(host) whenever a host stops being live, for whatever
+        reason (stream ended, report backstop, DeclareDead)."""
+        self._not_live_listeners.append(listener)
 
     def admit(self) -> None:
         """A new stream is about to start: TOO_BUSY while the master's event
         loop lags, before any work is done for it (admission.py)."""
         lag = self._loop_lag
         if lag is not None and lag.busy:
+            self.sheds += 1
             raise errors.too_busy(f"event loop {lag.lag:.2f}s behind: "
                                               f"no new heartbeat streams for now")
 
     async def hello(self, hello: pb.Hello) -> tuple[Session, pb.HeartbeatResponse]:
         """Register or update the host, then open its session."""
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
+        epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
         await self._register(host, hello)
-        session = Session(host, self._liveness.attach(host))
+        session = Session(host, self._liveness.attach(host), epoch)
+        self.reports += 1
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
-        self._take_domains(host, hello.domains_digest, hello.domains)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
+        if self._hypervisor_down(host, hello.hypervisor_unavailable):
+            return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                                 report_interval_ms=self._report_ms, epoch=epoch)
+        self._take_domains(host, hello.domains_digest, hello.domains)
         return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                             domains_ack=hello.domains_digest)
+                                             report_interval_ms=self._report_ms,
+                                             domains_ack=hello.domains_digest, epoch=epoch)
 
     @staticmethod
     def _check_caller(host: str) -> None:
@@ -88,31 +116,56 @@ class HeartbeatSessions:
             raise errors.rbac_permission_denied(caller.role, f"heartbeat as host {host}")
 
     def beat(self, session: Session, beat: pb.Beat) -> pb.HeartbeatResponse | None:
-        """A beat; the answer, when the slave needs one."""
+        """A report; the answer, when the slave needs one."""
         if not self._liveness.is_current(session.host, session.stream):
             return None  # superseded by a newer stream; its end is near
         host = session.host
+        self.reports += 1
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, beat.memory_free, self._wall())
+        if self._hypervisor_down(host, beat.hypervisor_unavailable):
+            return None
         if beat.domains_included:
             self._take_domains(host, beat.domains_digest, beat.domains)
             return pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                        domains_ack=beat.domains_digest)
+                                        report_interval_ms=self._report_ms,
+                                        domains_ack=beat.domains_digest, epoch=session.epoch)
         if beat.domains_digest != self._digests.get(host):
-            return pb.HeartbeatResponse(interval_ms=self._interval_ms, send_domains=True)
+            return pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                        report_interval_ms=self._report_ms, send_domains=True,
+                                        epoch=session.epoch)
         return None
 
     def close(self) -> None:
         """The master is stopping: streams it ends say nothing of their hosts."""
         self._closing = True
 
+    def reopen(self) -> None:
+        """This master leads (again): stream ends count once more."""
+        self._closing = False
+
     def end(self, session: Session, goodbye: bool) -> None:
         """The stream ended: the host is down at once, unless it has a newer one."""
         if self._closing:
             return
-        if self._liveness.detach(session.host, session.stream):
+        cause = liveness_module.GOODBYE if goodbye else liveness_module.STREAM_ENDED
+        if self._liveness.detach(session.host, session.stream, cause):
             how = "said goodbye" if goodbye else "lost its heartbeat stream"
             log.info("host %s %s: not live", session.host, how)
+
+    def _hypervisor_down(self, host: str, down: bool) -> bool:
+        """A slave that cannot reach its hypervisor (libvirt) knows nothing
+        new about its domains: its list must not halt the VMs it runs. Once
+        it is back, its digest differs and the master asks for the list."""
+        if down and host not in self._hypervisor_unavailable:
+            self._hypervisor_unavailable.add(host)
+            self._digests.pop(host, None)
+            log.warning("host %s cannot reach its hypervisor: its domain reports are "
+                        "ignored until it can", host)
+        elif not down and host in self._hypervisor_unavailable:
+            self._hypervisor_unavailable.discard(host)
+            log.info("host %s reaches its hypervisor again", host)
+        return down
 
     def _take_domains(self, host: str, digest: str,
                       domains: Sequence[slave_service_pb2.Domain]) -> None:
@@ -149,6 +202,8 @@ class HeartbeatSessions:
         beat ask for the full list, and reconciliation destroys stale domains."""
         if not live:
             self._digests.pop(host, None)
+            for listener in self._not_live_listeners:
+                listener(host)
 
     def request_domains(self, host: str) -> None:
         """Make the host send its full domain list with its next beat."""

@@ -27,6 +27,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import uuid as uuid_module
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -68,6 +69,8 @@ class _Job:
 
 _STOP = object()
 
+CommitObserver = Callable[[float, int], None]
+
 
 class _Writer(threading.Thread):
     """The one thread that writes to SQLite, committing whatever is queued as
@@ -77,10 +80,12 @@ class _Writer(threading.Thread):
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
                  on_done: Callable[[list[_Job], BaseException | None], None],
-                 change_log_size: int) -> None:
+                 change_log_size: int,
+                 observers: Sequence[CommitObserver] = ()) -> None:
         super().__init__(name="store-writer", daemon=True)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._conn, self._loop, self._on_done = conn, loop, on_done
+        self._observers = observers
         self._change_log_size = change_log_size
         self._commits = 0
 
@@ -109,12 +114,15 @@ class _Writer(threading.Thread):
     def _write(self, batch: list[_Job]) -> BaseException | None:
         changes = [c for job in batch for c in job.changes]
         try:
+            started = time.monotonic()
             self._conn.execute("BEGIN IMMEDIATE")
             self._apply(changes)
             self._commits += 1
             if self._commits % 256 == 0:
                 self._prune(changes[-1].generation)
             self._conn.execute("COMMIT")
+            for observe in self._observers:
+                observe(time.monotonic() - started, len(changes))
             return None
         except Exception as exc:  # noqa: BLE001 - reported to every waiting caller
             log.exception("store commit failed")
@@ -160,6 +168,7 @@ class SqliteStore(Store):
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._slots = asyncio.Semaphore(max_pending_writes)
+        self._commit_observers: list[CommitObserver] = []
 
     # -- life cycle ---------------------------------------------------------
 
@@ -168,9 +177,14 @@ class SqliteStore(Store):
         conn = await asyncio.to_thread(self._load)
         self._reader = _connect(self._path)
         self._writer = _Writer(conn, asyncio.get_running_loop(), self._on_committed,
-                               self._change_log_size)
+                               self._change_log_size, self._commit_observers)
         self._writer.start()
         return self
+
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call observer(seconds, changes) after each transaction, on the writer
+        thread (so it must be thread-safe): a commit's duration and batch size."""
+        self._commit_observers.append(observer)
 
     async def close(self) -> None:
         """Finish every queued write, then stop the writer."""

@@ -107,6 +107,10 @@ class Store(ABC):
     def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
         """Call `listener` on the event loop with each batch of committed changes."""
 
+    def add_commit_observer(self, observer: Callable[[float, int], None]) -> None:
+        """Call observer(seconds, changes) after each durable write, from any
+        thread (metrics). Backends that cannot time their writes ignore it."""
+
     async def put(self, obj: Message) -> Change:
         return (await self.commit([Put(obj)]))[0]
 

@@ -51,6 +51,28 @@ def server_options(max_message_bytes: int, keepalive_s: float = 10.0,
     ]
 
 
+def master_server_options(max_message_bytes: int, ping_every: float,
+                          ping_timeout: float) -> Options:
+    """The master's server: liveness itself. Its C-core PINGs every connection
+    `ping_every` after the last packet and closes the transport when the PING
+    is unanswered for `ping_timeout` (settings.ping_timeout: dead_after minus
+    the interval); the heartbeat stream then ends as if the slave had crashed.
+    It must keep pinging connections that send no data for minutes
+    (max_pings_without_data 0: the default stops after two). Every connection,
+    API clients included, gets the same PINGs: they are a handful next to the
+    hosts, and one port keeps slaves' configuration what it was (BENCHMARKS.md)."""
+    return _replace(server_options(max_message_bytes, ping_every, ping_timeout), [
+        ("grpc.http2.max_pings_without_data", 0),
+    ])
+
+
+def _replace(options: Options, changes: Options) -> Options:
+    """`options` with the keys of `changes` replaced (or added): which of two
+    duplicate keys grpc takes is not something to rely on (GRPC-FACTS.md)."""
+    keys = {key for key, _ in changes}
+    return [(k, v) for k, v in options if k not in keys] + list(changes)
+
+
 def forwarding_channel_options(contact_timeout: float) -> Options:
     """Options for the master's pooled channel to one slave: a peer that goes
     silent, even in the middle of a long call, is detected within
@@ -79,7 +101,10 @@ def forwarding_channel_options(contact_timeout: float) -> Options:
 
 def heartbeat_channel_options(interval: float) -> Options:
     """Options for a slave's channel to the master: a hung master is noticed in
-    about two intervals and the slave reconnects."""
+    about three intervals and the slave reconnects. The master PINGs us every
+    interval, and C-core restarts our keepalive timer on every packet it
+    reads, so while the master is healthy this channel sends no PING of its
+    own (measured: GRPC_TRACE=http_keepalive, BENCHMARKS.md)."""
     beat = _ms(max(interval, 0.5))
     return [
         ("grpc.keepalive_time_ms", 2 * beat),

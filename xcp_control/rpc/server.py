@@ -82,3 +82,30 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
                 or not details.method.startswith("/xcp.v1.")):
             return handler
         return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
+
+
+def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.request_streaming:  # heartbeats: see DecodeGuard
+        return handler
+    return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
+
+
+class LenientRegistration:
+    """Stands in for the server while a generated `add_*Servicer_to_server`
+    registers its handlers, and registers them with lenient deserializers (see
+    errors.Undecodable): what DecodeGuard does, but once at start-up instead of
+    in an interceptor on every call (interceptors cost each call a coroutine
+    and a handler lookup, BENCHMARKS.md "Forwarding overhead")."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        """Ignored: the same handlers arrive by name just after (generated code
+        calls both), and are registered lenient there."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        lenient = {name: _lenient_handler(h) for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, lenient),))
+        self._server.add_registered_method_handlers(service, lenient)

@@ -44,6 +44,7 @@ READ_METHODS = frozenset({
     "/xcp.v1.HostService/ListHosts", "/xcp.v1.HostService/GetHost",
     "/xcp.v1.HostService/GetHostMetrics", "/xcp.v1.VMService/GetVM",
     "/xcp.v1.VMService/ListVMs", "/xcp.v1.EventService/Watch",
+    "/xcp.v1.PoolService/GetPool",
 })
 HOST_METHODS = frozenset({"/xcp.v1.LivenessService/Heartbeat"})
 

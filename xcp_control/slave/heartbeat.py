@@ -2,22 +2,24 @@
 stream to the master, kept open for the life of the slave.
 
 Protocol (liveness_service.proto): the first message is a Hello with the full
-domain list; the master's first reply sets the interval; then one Beat per
-interval. A steady Beat carries only seq, memory_free and the domain-list
-digest (a few dozen bytes); the full list goes only when the master does not
-hold the current one (`BeatComposer`). Replies are read concurrently with the
-writes. A broken stream is retried with full-jitter exponential backoff
-(`Reconnect`), reset by the next successful Hello reply: a master that cannot
-be reached (restarting, partitioned) is retried within about one
-reconnect_cap, so its restart is absorbed in a second; a master that is up but
-turns us away (it sheds new streams while overloaded, or leaves the Hello
-unanswered) is given room, growing up to BUSY_BACKOFF_CAP, so that thousands
-of slaves do not keep a saturated master saturated with reconnects. `stop()` says
-Goodbye first, so the master marks the host down at once rather than at
-dead_after.
+domain list; the master's first reply gives its PING interval and the report
+interval; then a report (a Beat) whenever memory or the domain list changes
+and at least once per report interval (reports.ReportPolicy). Liveness itself
+is the transport's: the master's gRPC core PINGs the connection and ours
+answers, so a steady host wakes neither side's Python between reports. A
+steady report carries only seq, memory_free and the domain-list digest; the
+full list goes only when the master does not hold the current one
+(reports.BeatComposer). Replies are read concurrently with the writes.
 
-Every wait is bounded: writes by two intervals, the Hello reply by five, a
-silent master by the channel's keepalive ping timeout (transport.py).
+A broken stream is retried by `backoff.Reconnect`: within about one
+reconnect_cap when the master cannot be reached, growing up to 5 minutes when
+it turned us away. `stop()` says Goodbye first, so the master marks the host
+down at once rather than dead_after later.
+
+What the slave may conclude (README, "Timing"): while the stream is open the
+master counts this host live; `connected` says so. Every wait is bounded:
+writes by two intervals, the Hello reply by five, a silent master by the
+channel's keepalive (rpc/options.heartbeat_channel_options).
 """
 
 from __future__ import annotations
@@ -25,177 +27,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
-from xcp_control.model import domains_digest
-from xcp_control.slave.hypervisor import DomainInfo, Hypervisor
-from xcp_control.security.pki import MASTER_NAME
 from xcp_control.rpc.channels import open_channel
 from xcp_control.rpc.options import heartbeat_channel_options
+from xcp_control.security.pki import MASTER_NAME
+from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, hello_timeout,
+                                       turned_away)
+from xcp_control.slave.hypervisor import Hypervisor
+from xcp_control.slave.masters import MasterList
+from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy
+
+__all__ = ["HeartbeatClient", "HostIdentity", "Reconnect", "StreamEnded"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL = 1.0  # seconds between beats until the master says otherwise
-BACKOFF_BASE = 0.1  # seconds: the first reconnect waits up to this long
-# Seconds: the longest wait after a master turned us away. Long on purpose: every
-# refused attempt costs a saturated master a connection (~4 ms of its core), so
-# thousands of waiting slaves must come back slowly for it to ever catch up; 30 s
-# kept 8,000 hosts from converging, 300 s let them in (BENCHMARKS.md). The
-# ceiling doubles from reconnect_cap, so a brief overload costs only seconds.
-BUSY_BACKOFF_CAP = 300.0
-HELLO_TIMEOUT_INTERVALS = 5  # a slow master is not a dead one: room for its Hello reply
-_MIN_INTERVAL, _MAX_INTERVAL = 0.01, 60.0  # bounds on what a master may ask for
+_MIN_INTERVAL, _MAX_INTERVAL = 0.01, 600.0  # bounds on what a master may ask for
 _MIN_IO_TIMEOUT = 0.5  # seconds: floor of the bound on a write
 _GOODBYE_GRACE = 0.5  # seconds we wait for the master to end the call after Goodbye
-
-
-class Backoff:
-    """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n)).
-
-    Jitter spreads a whole pool's reconnects after a master restart; the cap
-    (about one interval) bounds how long a slave stays away once the master
-    is back."""
-
-    def __init__(self, base: float = BACKOFF_BASE, cap: float = DEFAULT_INTERVAL,
-                 rng: random.Random | None = None) -> None:
-        if not (base > 0 and cap > 0):
-            raise ValueError(f"base and cap must be > 0, got {base}, {cap}")
-        self.base = base
-        self.cap = cap
-        self._rng = rng or random.Random()
-        self._attempt = 0
-
-    @property
-    def ceiling(self) -> float:
-        """The most the next delay can be."""
-        return min(self.cap, self.base * 2.0 ** self._attempt)
-
-    def next_delay(self) -> float:
-        delay = self._rng.uniform(0.0, self.ceiling)
-        if self.ceiling < self.cap:
-            self._attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
-class TurnedAway(Exception):
-    """The master is up but did not take the stream: it left the Hello unanswered."""
-
-
-def turned_away(exc: BaseException) -> bool:
-    """Whether a failed attempt means "the master is busy", not "unreachable":
-    the Hello went unanswered, or the master shed the stream (TOO_BUSY,
-    RESOURCE_EXHAUSTED)."""
-    if isinstance(exc, TurnedAway):
-        return True
-    return (isinstance(exc, grpc.aio.AioRpcError)
-            and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-class Reconnect:
-    """How long to wait before the next attempt to open a heartbeat stream.
-
-    After a failure to reach the master, full jitter up to `cap` (about one
-    interval). After the master turned us away, full jitter from `cap` growing
-    to `busy_cap`: a saturated master then sheds load instead of gaining it.
-    A welcome (the Hello answered) resets both."""
-
-    def __init__(self, cap: float = DEFAULT_INTERVAL, busy_cap: float = BUSY_BACKOFF_CAP,
-                 rng: random.Random | None = None) -> None:
-        self._unreachable = Backoff(BACKOFF_BASE, cap, rng)
-        self._busy = Backoff(cap, max(cap, busy_cap), rng)
-
-    def after_failure(self, busy: bool) -> float:
-        """The delay before the next attempt."""
-        return (self._busy if busy else self._unreachable).next_delay()
-
-    def welcomed(self) -> None:
-        self._unreachable.reset()
-        self._busy.reset()
-
-
-def hello_timeout(interval: float) -> float:
-    """How long to wait for the master's reply to a Hello."""
-    return max(HELLO_TIMEOUT_INTERVALS * interval, 2.0)
-
-
-def next_tick(previous: float, interval: float, now: float) -> float:
-    """When the beat after the one scheduled at `previous` is due: on the
-    original grid (no drift accumulates from late wake-ups), skipping ticks
-    already missed rather than sending a burst."""
-    due = previous + interval
-    if due <= now:
-        due += ((now - due) // interval + 1) * interval
-    return due
-
-
-@dataclass(frozen=True)
-class HostIdentity:
-    """Who this slave is, as the Hello tells the master."""
-
-    uuid: str
-    name_label: str
-    address: str  # where SlaveService listens, host:port
-
-
-@dataclass(frozen=True)
-class DomainSnapshot:
-    """The domain list at one moment, with its digest."""
-
-    domains: tuple[DomainInfo, ...]
-    digest: str
-
-    @classmethod
-    def of(cls, domains: list[DomainInfo] | tuple[DomainInfo, ...]) -> "DomainSnapshot":
-        return cls(tuple(domains), domains_digest(domains))
-
-
-class BeatComposer:
-    """Decides what goes in each message of one stream; no I/O, no clock.
-
-    It tracks the digest of the domain list the master holds: the Hello's, then
-    every full list sent (the stream is ordered and reliable, so the master has
-    it unless the stream breaks, and then a new Hello resends it), overridden by
-    each `domains_ack`. A Beat carries the full list exactly when the current
-    digest differs from that, or when the master asked with send_domains. An
-    empty domains_ack is no statement (the empty list has its own digest)."""
-
-    def __init__(self) -> None:
-        self._seq = 0
-        self._master_digest: str | None = None
-        self._resend = False
-
-    def hello(self, identity: HostIdentity, memory_total: int, memory_free: int,
-              enabled: bool, snapshot: DomainSnapshot) -> pb.HeartbeatRequest:
-        self._master_digest = snapshot.digest
-        hello = pb.Hello(host_uuid=identity.uuid, name_label=identity.name_label,
-                         address=identity.address, memory_total=memory_total,
-                         memory_free=memory_free, enabled=enabled,
-                         domains=[d.to_proto() for d in snapshot.domains],
-                         domains_digest=snapshot.digest)
-        return pb.HeartbeatRequest(hello=hello)
-
-    def beat(self, memory_free: int, snapshot: DomainSnapshot) -> pb.HeartbeatRequest:
-        self._seq += 1
-        beat = pb.Beat(seq=self._seq, memory_free=memory_free, domains_digest=snapshot.digest)
-        if self._resend or snapshot.digest != self._master_digest:
-            beat.domains_included = True
-            beat.domains.extend(d.to_proto() for d in snapshot.domains)
-            self._master_digest = snapshot.digest
-            self._resend = False
-        return pb.HeartbeatRequest(beat=beat)
-
-    def on_response(self, response: pb.HeartbeatResponse) -> None:
-        if response.domains_ack:
-            self._master_digest = response.domains_ack
-        if response.send_domains:
-            self._resend = True
 
 
 class StreamEnded(Exception):
@@ -208,27 +61,36 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _bounded(ms: int, fallback: float) -> float:
+    return min(max(ms / 1000, _MIN_INTERVAL), _MAX_INTERVAL) if ms > 0 else fallback
+
+
 class HeartbeatClient:
     """Keeps one heartbeat stream to the master open until `stop()`.
 
-    `run()` loops: connect, Hello, beat until the stream fails, back off,
+    `run()` loops: connect, Hello, report until the stream fails, back off,
     again. The domain list is re-read from the hypervisor only after its change
-    listener fired, so a steady beat costs no hypervisor call."""
+    listener fired, so a steady report costs no hypervisor call."""
 
     def __init__(self, master: str, identity: HostIdentity, hypervisor: Hypervisor, *,
                  reconnect_cap: float = DEFAULT_INTERVAL, interval: float = DEFAULT_INTERVAL,
                  rng: random.Random | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
-                 reconnect: Reconnect | None = None) -> None:
-        self.master = master
+                 reconnect: Reconnect | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
+        # Several masters (comma-separated): which one to talk to (masters.py).
+        self._masters = MasterList(master)
+        self._on_epoch = on_epoch
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
         self._interval = interval
+        self._report_interval = interval
         self._reconnect = reconnect or Reconnect(reconnect_cap, rng=rng)
         self._stop = asyncio.Event()
         self._stop_reason = "shutdown"
         self._finished = asyncio.Event()
+        self._changed = asyncio.Event()  # domains changed, or the master asked for them
         self._running = False
         self._snapshot: DomainSnapshot | None = None
         self._snapshot_version = -1  # value of _domain_changes the snapshot reflects
@@ -236,11 +98,22 @@ class HeartbeatClient:
         self._unsubscribe = hypervisor.add_listener(self._domains_changed)
         self.connected = False  # a Hello was answered and the stream is up
         self.sessions = 0  # Hello replies received so far, for tests and metrics
+        self.reports = 0  # Beats sent, for tests and metrics
+
+    @property
+    def master(self) -> str:
+        """The master the stream goes (or went) to."""
+        return self._masters.current
 
     @property
     def interval(self) -> float:
-        """Seconds between beats, as the master last said."""
+        """Seconds between the master's PINGs, as it last said."""
         return self._interval
+
+    @property
+    def report_interval(self) -> float:
+        """Longest time between two reports, as the master last said."""
+        return self._report_interval
 
     @property
     def _io_timeout(self) -> float:
@@ -259,15 +132,15 @@ class HeartbeatClient:
                     await self._session()
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
-                    if self.connected or not outage_logged:
-                        log.info("heartbeat stream to master %s down (%s); reconnecting",
-                                 self.master, _describe(exc))
-                        outage_logged = True
-                    else:
-                        log.debug("master %s still unreachable: %s", self.master, _describe(exc))
-                    if not isinstance(exc, (grpc.aio.AioRpcError, StreamEnded, TimeoutError,
-                                            TurnedAway)):
-                        log.debug("unexpected heartbeat failure", exc_info=True)
+                    if self.connected:
+                        self._masters.welcomed()
+                    delay = self._masters.after_failure(exc)
+                    if delay is not None:  # a follower named the leader: go there
+                        self.connected = False
+                        await self._sleep_unless_stopped(delay)  # bounded: never a hot loop
+                        continue
+                    self._log_failure(exc, quiet=outage_logged and not self.connected)
+                    outage_logged = True
                 else:
                     outage_logged = False
                 self.connected = False
@@ -277,6 +150,15 @@ class HeartbeatClient:
             self.connected = False
             self._unsubscribe()
             self._finished.set()
+
+    def _log_failure(self, exc: Exception, quiet: bool) -> None:
+        if quiet:
+            log.debug("master %s still unreachable: %s", self.master, _describe(exc))
+        else:
+            log.info("heartbeat stream to master %s down (%s); reconnecting",
+                     self.master, _describe(exc))
+        if not isinstance(exc, (grpc.aio.AioRpcError, StreamEnded, TimeoutError, TurnedAway)):
+            log.debug("unexpected heartbeat failure", exc_info=True)
 
     async def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
         """Say Goodbye(reason) on the open stream, close it and end `run()`;
@@ -311,8 +193,10 @@ class HeartbeatClient:
     async def _converse(self, call, stopping: asyncio.Future) -> None:
         composer = BeatComposer()
         snapshot = await self._current_domains()
-        await self._write(call, composer.hello(self.identity, self._hv.memory_total,
-                                               self._hv.memory_free, self._hv.enabled, snapshot))
+        hello = composer.hello(self.identity, self._hv.memory_total, self._hv.memory_free,
+                               self._hv.enabled, snapshot)
+        hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
+        await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
             wait = hello_timeout(self._interval)
@@ -330,30 +214,45 @@ class HeartbeatClient:
             self._reconnect.welcomed()
             self.connected = True
             self.sessions += 1
-            log.info("connected to master %s as host %s (interval %.3fs)",
-                     self.master, self.identity.uuid, self._interval)
+            log.info("connected to master %s as host %s (PING every %.3fs, report every %.3fs)",
+                     self.master, self.identity.uuid, self._interval, self._report_interval)
             reader = asyncio.ensure_future(self._read_replies(call, composer))
-            await self._beat(call, composer, reader, stopping)
+            await self._report(call, composer, reader, stopping)
         finally:
             reader.cancel()
 
-    async def _beat(self, call, composer: BeatComposer, reader: asyncio.Future,
-                    stopping: asyncio.Future) -> None:
-        """One Beat per interval until the stream ends or we stop."""
+    async def _report(self, call, composer: BeatComposer, reader: asyncio.Future,
+                      stopping: asyncio.Future) -> None:
+        """A report on every change and at least once per report interval,
+        until the stream ends or we stop."""
         loop = asyncio.get_running_loop()
-        due = loop.time() + self._interval
+        policy = ReportPolicy(self._report_interval, self._interval, self._hv.memory_total)
+        policy.sent(loop.time(), self._hv.memory_free)  # the Hello was one
         while True:
-            done, _ = await asyncio.wait({reader, stopping}, timeout=max(0.0, due - loop.time()),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            self._changed.clear()
+            memory = self._hv.memory_free
+            if policy.due(loop.time(), memory, self._domains_stale() or composer.must_resend):
+                snapshot = await self._current_domains()
+                beat = composer.beat(memory, snapshot)
+                # A backend that lost its hypervisor (libvirt) says so: its list is stale.
+                beat.beat.hypervisor_unavailable = not self._hv.available
+                await self._write(call, beat)
+                policy.sent(loop.time(), memory)
+                self.reports += 1
+            waker = asyncio.ensure_future(self._changed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {reader, stopping, waker}, timeout=max(0.0, policy.next_check(loop.time())
+                                                           - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waker.cancel()
             if stopping in done:
                 await self._goodbye(call, reader)
                 return
             if reader in done:
                 reader.result()  # raises the stream's error, if it ended with one
                 raise StreamEnded("master ended the stream")
-            snapshot = await self._current_domains()
-            await self._write(call, composer.beat(self._hv.memory_free, snapshot))
-            due = next_tick(due, self._interval, loop.time())
 
     async def _read_replies(self, call, composer: BeatComposer) -> None:
         while True:
@@ -382,16 +281,25 @@ class HeartbeatClient:
 
     def _apply(self, composer: BeatComposer, response: pb.HeartbeatResponse) -> None:
         composer.on_response(response)
-        if response.interval_ms > 0:
-            self._interval = min(max(response.interval_ms / 1000, _MIN_INTERVAL), _MAX_INTERVAL)
+        if response.epoch and self._on_epoch is not None:
+            self._on_epoch(response.epoch)
+        if response.send_domains:
+            self._changed.set()
+        self._interval = _bounded(response.interval_ms, self._interval)
+        # An older master sets no report interval: it wants one report per interval.
+        self._report_interval = _bounded(response.report_interval_ms, self._interval)
 
     def _domains_changed(self) -> None:
         self._domain_changes += 1
+        self._changed.set()
+
+    def _domains_stale(self) -> bool:
+        return self._snapshot is None or self._snapshot_version != self._domain_changes
 
     async def _current_domains(self) -> DomainSnapshot:
-        if self._snapshot is None or self._snapshot_version != self._domain_changes:
+        if self._domains_stale():
             # Remember the version read *before* the await: a change during it
-            # leaves the snapshot stale and the next beat reads again.
+            # leaves the snapshot stale and the next report reads again.
             version = self._domain_changes
             self._snapshot = DomainSnapshot.of(await self._hv.list_domains())
             self._snapshot_version = version

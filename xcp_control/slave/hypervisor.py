@@ -47,6 +47,16 @@ class DomainInfo:
                                         memory=self.memory, vcpus=self.vcpus)
 
 
+@dataclass(frozen=True)
+class BootSpec:
+    """What a domain boots: the VM's pv_kernel, pv_ramdisk and pv_args (paths
+    on this host). The simulated backend ignores it; libvirt needs a kernel."""
+
+    kernel: str = ""
+    ramdisk: str = ""
+    args: str = ""
+
+
 class Hypervisor(abc.ABC):
     """What the slave needs from a hypervisor.
 
@@ -62,8 +72,8 @@ class Hypervisor(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, vm_uuid: str, memory: int, vcpus: int,
-                    paused: bool = False) -> DomainInfo:
-        """Create and boot a domain (left PAUSED if `paused`)."""
+                    paused: bool = False, boot: BootSpec | None = None) -> DomainInfo:
+        """Create and boot a domain (left PAUSED if `paused`) from `boot`."""
 
     @abc.abstractmethod
     async def shutdown(self, vm_uuid: str, force: bool = False) -> DomainInfo:
@@ -108,6 +118,15 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def enabled(self) -> bool:
         """Whether the host accepts new domains."""
+
+    @property
+    def available(self) -> bool:
+        """False while the hypervisor cannot be reached: `list_domains` then
+        returns the last list known, and reports say so."""
+        return True
+
+    async def close(self) -> None:
+        """Release connections and threads at slave stop; domains keep running."""
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call `callback()` after every change of the domain list or of a
@@ -173,7 +192,7 @@ class SimulatedHypervisor(Hypervisor):
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self, vm_uuid: str, memory: int, vcpus: int,
-                    paused: bool = False) -> DomainInfo:
+                    paused: bool = False, boot: BootSpec | None = None) -> DomainInfo:
         existing = self._domains.get(vm_uuid)
         if existing is not None:
             self._check_idle(existing)

@@ -23,9 +23,12 @@ from xcp_control.rpc.options import server_options
 from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.security import setup as security
 from xcp_control.settings import SlaveSettings
+from xcp_control.slave.fencing import EpochFence, FenceInterceptor
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
-from xcp_control.slave.hypervisor import Hypervisor, SimulatedHypervisor
+from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
+from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
+from xcp_control.slave.prometheus import SlaveMetrics
 from xcp_control.slave.service import SLAVE_SERVICE, SlaveServicer
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,9 @@ class Slave:
         self._health = None
         self._client: HeartbeatClient | None = None
         self._beating: asyncio.Task | None = None
+        self.fence = EpochFence()  # several masters: the newest leader epoch seen
+        self.metrics: SlaveMetrics | None = None  # with --metrics-listen
+        self.metrics_address = ""  # HOST:PORT of /metrics, if served
 
     async def start(self) -> str:
         """Serve SlaveService and start heartbeating; the bound HOST:PORT."""
@@ -58,17 +64,26 @@ class Slave:
         try:
             self.host_uuid = load_or_create_host_uuid(Path(s.state_dir))
             sec = security.for_host(s.tls_dir, self.host_uuid)
-        except (IdentityError, security.MissingCertificate) as exc:
+            self.hypervisor = await make_hypervisor(self.host_uuid, s)
+        except (IdentityError, security.MissingCertificate, BackendUnavailable) as exc:
             raise StartupError(str(exc)) from None
-        self.hypervisor = SimulatedHypervisor.from_settings(self.host_uuid, s)
+        if s.metrics_listen:
+            self.metrics = SlaveMetrics(self.hypervisor)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
         log.info("host %s (%s) serving on %s, master %s", self.host_uuid, identity.name_label,
                  self.address, s.master)
         self._client = HeartbeatClient(s.master, identity, self.hypervisor,
                                        reconnect_cap=s.reconnect_cap,
-                                       credentials=sec.channel_credentials)
+                                       credentials=sec.channel_credentials,
+                                       on_epoch=self.fence.seen)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
+        if self.metrics is not None:
+            self.metrics.heartbeat = self._client
+            try:
+                self.metrics_address = self.metrics.serve(s.metrics_listen)
+            except PortInUse as exc:
+                raise StartupError(str(exc)) from None
         return self.address
 
     @property
@@ -80,7 +95,8 @@ class Slave:
         # contact_timeout) is cancelled here within seconds, not after a TCP timeout.
         server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES, keepalive_s=2.0,
                                                         ping_timeout_s=1.0),
-                                 interceptors=[DecodeGuard(), *sec.interceptors])
+                                 interceptors=[*self._counted(), DecodeGuard(), *sec.interceptors,
+                                               FenceInterceptor(self.fence)])
         pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(self.hypervisor), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
@@ -89,6 +105,10 @@ class Slave:
         self._health = await add_standard_services(server, [SLAVE_SERVICE])
         await server.start()
         self._server = server
+
+    def _counted(self) -> list:
+        """The metrics interceptor, outermost so that it counts every call."""
+        return [self.metrics.calls] if self.metrics is not None else []
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Goodbye to the master (it marks us down at once), then stop serving."""
@@ -100,6 +120,10 @@ class Slave:
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(_STOP_GRACE)
+        if self.hypervisor is not None:
+            await self.hypervisor.close()  # domains keep running: a restarted slave adopts them
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     slave = Slave(settings)
 
     def started() -> None:
+        if slave.metrics_address:  # first: the host line tells readers the slave is up
+            print(f"{PROG}: metrics on http://{slave.metrics_address}/metrics", flush=True)
         print(f"{PROG}: host {slave.host_uuid} listening on {slave.address}", flush=True)
 
     try:

@@ -8,7 +8,7 @@ from xcp.v1 import slave_service_pb2 as pb
 from xcp.v1 import slave_service_pb2_grpc as pb_grpc
 from xcp_control import errors
 from xcp_control.errors import rpc_method
-from xcp_control.slave.hypervisor import Hypervisor
+from xcp_control.slave.hypervisor import BootSpec, Hypervisor
 
 SLAVE_SERVICE = pb.DESCRIPTOR.services_by_name["SlaveService"].full_name
 
@@ -32,7 +32,9 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
             raise errors.invalid_value("memory", request.memory)
         if request.vcpus < 1:
             raise errors.invalid_value("vcpus", request.vcpus)
-        domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused)
+        boot = BootSpec(request.pv_kernel, request.pv_ramdisk, request.pv_args)
+        domain = await self._hv.start(vm_uuid, request.memory, request.vcpus, request.paused,
+                                      boot)
         return domain.to_proto()
 
     @rpc_method

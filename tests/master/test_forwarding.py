@@ -5,6 +5,8 @@ import asyncio
 import grpc
 import pytest
 
+from tests.support.fakes import FakeRpcError
+
 from xcp_control.master import forwarding
 from xcp_control.errors import XcpError
 from xcp_control.master.forwarding import ConnectFailed, Forwarder, translate
@@ -12,20 +14,6 @@ from xcp_control.master.liveness import Liveness
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 HOST = "0b5e7c8e-1111-4222-8333-444455556666"
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code, status=None):
-        self._code, self._status = code, status
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._status.details if self._status else "fake"
-
-    def trailing_metadata(self):
-        return self._status.trailing_metadata if self._status else None
 
 
 class FakeStore:
@@ -53,13 +41,13 @@ def test_connect_failure_is_cannot_contact():
 
 def test_catalogued_slave_error_passes_through_unchanged():
     original = XcpError("VM_BAD_POWER_STATE", vm="v", expected="RUNNING", actual="PAUSED")
-    exc = FakeRpcError(original.code, original.to_status())
+    exc = FakeRpcError.of(original)
     passed = translate(exc, HOST, "pause")
     assert (passed.reason, passed.params) == (original.reason, original.params)
 
 
 def make_forwarder():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     forwarder = Forwarder(FakeStore(), liveness, contact_timeout=2.0, clock=lambda: 0.0)
     liveness.add_listener(forwarder.on_flip)
     return forwarder, liveness

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.test_pool import GIB, NOW, World, run
+from tests.master.world import GIB, NOW, World, run
 from xcp_control.errors import XcpError
 from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.reconcile import Reconciler

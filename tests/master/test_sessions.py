@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_pool import NOW, World, new_uuid, run
+from tests.master.world import NOW, World, new_uuid, run
 from xcp_control.master.admission import LoopLag
 from xcp_control.errors import XcpError
 from xcp_control.master.sessions import HeartbeatSessions
@@ -92,4 +92,28 @@ def test_new_streams_are_refused_too_busy_while_the_loop_lags(tmp_path):
             hb.admit()
         assert refused.value.reason == "TOO_BUSY" and refused.value.code.name == \
             "RESOURCE_EXHAUSTED"
+    run(body, tmp_path)
+
+
+def test_reports_of_a_host_without_its_hypervisor_leave_its_domains_alone(tmp_path):
+    """A libvirt slave whose libvirtd is down (or a slave restarted meanwhile,
+    which has never read its list) must not make the master halt its VMs: its
+    reports are not domain reports until the hypervisor is back."""
+    async def body(world: World):
+        hb, reports = sessions(world)
+        host = new_uuid()
+        down = hello(host, digest="empty")
+        down.hypervisor_unavailable = True
+        session, reply = await hb.hello(down)
+        assert reports == [] and reply.domains_ack == ""
+        assert world.liveness.is_live(host)  # still heartbeating: live
+        assert hb.beat(session, pb.Beat(seq=1, domains_digest="empty", domains_included=True,
+                                        hypervisor_unavailable=True)) is None
+        assert reports == []
+        back = hb.beat(session, pb.Beat(seq=2, domains_digest="d1"))
+        assert back.send_domains  # back: the master asks for the list
+        domain = sl.Domain(vm_uuid=new_uuid())
+        hb.beat(session, pb.Beat(seq=3, domains_digest="d1", domains_included=True,
+                                 domains=[domain]))
+        assert reports == [(host, [domain])]
     run(body, tmp_path)

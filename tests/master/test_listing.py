@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from tests.test_pool import NOW, World, run
+from tests.master.world import NOW, World, run, wired
 from xcp_control.master.listing import HostListing
 
-
-def wired(listing: HostListing, w: World) -> HostListing:
-    """Registered as the master registers it (master/server.py)."""
-    w.store.add_listener(listing.on_changes)
-    w.liveness.add_listener(listing.on_flip)
-    return listing
 
 
 def test_flips_refresh_one_entry_and_beats_refresh_once_a_second(tmp_path):

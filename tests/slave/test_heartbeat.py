@@ -9,10 +9,13 @@ import random
 import grpc
 import pytest
 
+from tests.support.fakes import aio_rpc_error
+
 from xcp.v1 import liveness_service_pb2 as pb
-from xcp_control.slave.heartbeat import (BUSY_BACKOFF_CAP, Backoff, BeatComposer, DomainSnapshot,
-                                   HeartbeatClient, HostIdentity, Reconnect, TurnedAway,
-                                   hello_timeout, next_tick, turned_away)
+from xcp_control.slave.backoff import (BUSY_BACKOFF_CAP, Backoff, Reconnect, TurnedAway,
+                                       hello_timeout, turned_away)
+from xcp_control.slave.heartbeat import HeartbeatClient
+from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, next_tick
 from xcp_control.slave.hypervisor import PAUSED, RUNNING, DomainInfo, SimulatedHypervisor
 
 HOST = HostIdentity("11111111-1111-4111-8111-111111111111", "h1", "127.0.0.1:5000")
@@ -94,15 +97,10 @@ def test_a_master_that_turns_us_away_gets_growing_room_up_to_the_busy_cap():
     assert policy.after_failure(busy=False) <= 0.1
 
 
-class FakeRpcError(grpc.aio.AioRpcError):
-    def __init__(self, code):
-        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="x")
-
-
 def test_turned_away_means_unanswered_hello_or_shed_stream_only():
     assert turned_away(TurnedAway("no reply to Hello"))
-    assert turned_away(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED))
-    assert not turned_away(FakeRpcError(grpc.StatusCode.UNAVAILABLE))
+    assert turned_away(aio_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
+    assert not turned_away(aio_rpc_error(grpc.StatusCode.UNAVAILABLE))
     assert not turned_away(TimeoutError("write timed out"))
     assert not turned_away(ConnectionError("reset"))
 

@@ -1,4 +1,4 @@
-"""Shared fixtures. The logic lives in tests/support/processes.py."""
+"""Fixtures of the integration tests: real masters on loopback. The logic lives in tests/support/."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-from tests.support.processes import MasterProcess, channel as open_channel
+from tests.support.clients import channel as open_channel
+from tests.support.daemons import MasterProcess
 
 
 @pytest.fixture

@@ -1,0 +1,246 @@
+"""Several masters on a real etcd, with real slaves (tests/support/ha.py):
+followers pass calls on (a lifecycle call, a Watch), GetPool everywhere, a
+Watch resumed across a failover, etcd losing one of three members, the whole
+etcd stopped and restarted (stale reads, HOST_IS_SLAVE writes, recovery)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from tests.integration.pool_helpers import wait_until
+from tests.support import etcd as etcd_support
+from tests.support.ha import HaPool, get_pool
+from tests.support.processes import channel, stubs
+from xcp_control.errors import error_info
+from xcp.v1 import datamodel_pb2 as dm, event_service_pb2 as ev, vm_service_pb2 as vs
+
+pytestmark = pytest.mark.skipif(not etcd_support.available(), reason="etcd is not installed")
+
+MiB = 1024 * 1024
+
+
+def create(s, name: str, timeout: float = 5.0):
+    return s.vms.CreateVM(vs.CreateVMRequest(name_label=name, memory=64 * MiB, vcpus=1),
+                          timeout=timeout)
+
+
+def reason(exc: grpc.RpcError) -> str:
+    info = error_info(exc)
+    return info.reason if info else exc.code().name
+
+
+class Watcher(threading.Thread):
+    """Collects a Watch's events in a thread until the stream ends."""
+
+    def __init__(self, address: str, token: str = "", classes=("vm",)) -> None:
+        super().__init__(daemon=True)
+        self.address, self.token, self.classes = address, token, list(classes)
+        self.events: list[ev.Event] = []
+        self.error: grpc.RpcError | None = None
+        self._channel = grpc.insecure_channel(address)
+        self._call = None
+
+    def run(self) -> None:
+        from xcp.v1 import event_service_pb2_grpc
+        stub = event_service_pb2_grpc.EventServiceStub(self._channel)
+        self._call = stub.Watch(ev.WatchRequest(classes=self.classes, token=self.token),
+                                timeout=60)
+        try:
+            for event in self._call:
+                self.events.append(event)
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def synced(self) -> bool:
+        return any(e.op == ev.SYNC for e in self.events)
+
+    def uuids(self, op) -> list[str]:
+        return [e.uuid for e in self.events if e.op == op]
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+
+
+@pytest.fixture
+def pool(tmp_path):
+    with HaPool(tmp_path, masters=3, slaves=2, etcd_fsync=False) as ha:
+        yield ha
+
+
+def test_every_master_says_who_leads(pool):
+    leader = pool.wait_leader()
+    views = [get_pool(m.address) for m in pool.masters]
+    assert {v.master for v in views} == {leader}
+    assert len({v.epoch for v in views}) == 1 and views[0].epoch > 0
+    assert sorted(views[0].masters) == sorted(m.address for m in pool.masters)
+    assert len({v.uuid for v in views}) == 1
+
+
+def test_a_follower_passes_calls_on_a_lifecycle_call_and_a_watch(pool):
+    leader = pool.wait_leader()
+    follower = pool.followers(leader)[0]
+    watcher = Watcher(follower.address)
+    watcher.start()
+    try:
+        with channel(follower.address) as ch:
+            s = stubs(ch)
+            pool.wait_hosts_live(s, 2)
+            wait_until(watcher.synced, 10, what="the watch's SYNC")
+            vm = create(s, "through-a-follower")
+            started = s.vms.StartVM(vs.StartVMRequest(uuid=vm.uuid), timeout=10)
+            assert started.power_state == dm.RUNNING
+            assert started.resident_on in {sl.uuid for sl in pool.slaves}
+            with pytest.raises(grpc.RpcError) as bad:  # the leader's error, unchanged
+                s.vms.DestroyVM(vs.DestroyVMRequest(uuid=vm.uuid), timeout=5)
+            assert reason(bad.value) == "VM_BAD_POWER_STATE"
+            assert s.vms.GetVM(vs.GetVMRequest(uuid=vm.uuid), timeout=5).power_state == \
+                dm.RUNNING
+        wait_until(lambda: vm.uuid in watcher.uuids(ev.MOD), 10, what="the watch to see it")
+        assert vm.uuid in watcher.uuids(ev.ADD)
+    finally:
+        watcher.close()
+
+
+def test_a_watch_resumes_across_a_failover_missing_and_repeating_nothing(pool):
+    leader = pool.wait_leader()
+    with channel(leader) as ch:
+        s = stubs(ch)
+        before = [create(s, f"before-{i}").uuid for i in range(5)]
+    first = Watcher(leader)
+    first.start()
+    wait_until(first.synced, 10, what="the first watch's SYNC")
+    token = first.events[-1].token
+    pool.by_address(leader).kill(signal.SIGKILL)
+    first.join(timeout=10)
+    first.close()
+    new_leader = pool.wait_leader(exclude=(leader,))
+    with channel(new_leader) as ch:
+        s = stubs(ch)
+        after = [create(s, f"after-{i}").uuid for i in range(5)]
+    follower = next(m for m in pool.followers(new_leader))
+    resumed = Watcher(follower.address, token=token)  # on another master, through a follower
+    resumed.start()
+    try:
+        wait_until(resumed.synced, 10, what="the resumed watch's SYNC")
+        added = resumed.uuids(ev.ADD)
+        assert added == after  # every change after the token, once, in order
+        assert not set(added) & set(before)
+    finally:
+        resumed.close()
+
+
+def test_without_etcd_reads_stay_stale_writes_fail_and_it_recovers(pool):
+    leader = pool.wait_leader()
+    with channel(leader) as ch:
+        vm = create(stubs(ch), "kept")
+    for member in pool.etcd.members:
+        member.kill()
+    follower = pool.followers(leader)[0]
+    # The leader steps down once it cannot renew; nobody can be elected.
+    wait_until(lambda: (p := get_pool(leader)) is not None and p.master != leader, 10,
+               what="the leader to step down")
+    for address in (leader, follower.address):
+        with channel(address) as ch:
+            s = stubs(ch)
+            got, call = s.vms.GetVM.with_call(vs.GetVMRequest(uuid=vm.uuid), timeout=5)
+            assert got.name_label == "kept"
+            assert ("xcp-stale", "true") in call.initial_metadata()
+            with pytest.raises(grpc.RpcError) as refused:
+                create(s, "refused")
+            assert reason(refused.value) == "HOST_IS_SLAVE"
+            assert error_info(refused.value).metadata["master"] == ""
+    for member in pool.etcd.members:
+        member.start()
+    pool.etcd.wait_healthy()
+    new_leader = pool.wait_leader(timeout=30)
+    with channel(pool.followers(new_leader)[0].address) as ch:
+        s = stubs(ch)
+        again = wait_until(lambda: _try_create(s, "after-etcd-returned"), 20,
+                           what="a write to succeed again")
+        assert s.vms.GetVM(vs.GetVMRequest(uuid=vm.uuid), timeout=5).name_label == "kept"
+        assert s.vms.GetVM(vs.GetVMRequest(uuid=again.uuid), timeout=5).uuid == again.uuid
+
+
+def _try_create(s, name: str):
+    try:
+        return create(s, name, timeout=3)
+    except grpc.RpcError:
+        return None
+
+
+def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_path):
+    with HaPool(tmp_path, masters=2, slaves=1, etcd_members=3) as ha:
+        leader = ha.wait_leader()
+        with channel(ha.followers(leader)[0].address) as ch:
+            s = stubs(ch)
+            created = [create(s, f"a-{i}").uuid for i in range(10)]
+            ha.etcd.members[0].kill()
+            deadline = time.monotonic() + 30
+            while len(created) < 60 and time.monotonic() < deadline:
+                created.append(create(s, f"b-{len(created)}", timeout=10).uuid)
+            assert len(created) == 60
+            assert get_pool(leader).master == leader  # no failover of the masters
+            listed = {v.uuid for v in s.vms.ListVMs(vs.ListVMsRequest(), timeout=5).vms}
+            assert set(created) <= listed
+
+
+def test_the_cli_and_the_node_client_move_past_a_master_that_is_down(pool):
+    from tests.integration.pool_helpers import NODE_DIR, node_or_skip, xcp
+    from tests.support.processes import free_port
+
+    leader = pool.wait_leader()
+    pool.by_address(leader).kill(signal.SIGKILL)  # the first address named is dead
+    new_leader = pool.wait_leader(exclude=(leader,))
+    masters = ",".join([leader, f"127.0.0.1:{free_port()}",
+                        *(m.address for m in pool.followers(""))])
+    result = xcp("vm-create", "from-the-cli", "--memory", "64M", master=masters, timeout=30)
+    assert result.returncode == 0, result.stderr
+    uuid = result.stdout.strip()
+    node = node_or_skip()
+    env = dict(__import__("os").environ, XCP_MASTER=masters)
+    got = __import__("subprocess").run(
+        [node, str(NODE_DIR / "xcp-client.js"), "get-vm", uuid], capture_output=True,
+        text=True, timeout=60, env=env)
+    assert got.returncode == 0, got.stderr
+    assert "from-the-cli" in got.stdout
+    assert new_leader
+
+
+def test_scripts_pool_ha_starts_etcd_three_masters_and_the_slaves(tmp_path):
+    import os
+    import subprocess
+
+    from tests.integration.pool_helpers import REPO
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen([str(REPO / "scripts" / "pool"), "--ha", "--port", "0", "--slaves",
+                             "1", "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the pool." in line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C stops the pool." in text, text
+        masters = [l.split()[1] for l in lines if l.strip().startswith("master")]
+        assert len(masters) == 3
+        leader = get_pool(masters[0]).master
+        assert leader in masters and f"the leader, {leader}" in text
+        assert (state / "etcd" / "data").is_dir()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not any(get_pool(m, timeout=0.5) for m in masters)

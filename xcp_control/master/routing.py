@@ -1,0 +1,283 @@
+"""Which master answers a call, with several masters on etcd: the one place.
+
+- On the acting leader, a call runs here; it is tracked, so that when the
+  leader stops acting every call in flight fails at once with HOST_IS_SLAVE
+  (naming the new leader when known) rather than finishing on a deposed term.
+- On a follower that knows the leader, the call is passed on to it as raw
+  bytes (any method, unary or server-streaming, Watch included) within the
+  caller's own deadline, with its metadata; the leader's answer, error
+  details included, comes back unchanged. A call passed on once is never
+  passed on again (no loops while masters disagree for a moment).
+- With no leader: reads (Get*/List*) are answered from the warm copy with
+  the response header `xcp-stale: true` (they may lag the pool's last
+  writes); everything else gets HOST_IS_SLAVE with an empty `master`.
+
+Served by every master itself: PoolService (who leads), LivenessService
+(a follower answers the Hello with HOST_IS_SLAVE naming the leader), health
+and reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from xcp_control import errors
+from xcp_control.master.leadership import Term
+from xcp_control.rpc.channels import open_channel
+
+log = logging.getLogger(__name__)
+
+PASSED_ON = "xcp-passed-on"  # metadata set on a call a follower passes on
+STALE = "xcp-stale"  # response header: answered from a follower's warm copy
+LOCAL_SERVICES = ("/xcp.v1.PoolService/", "/xcp.v1.LivenessService/", "/grpc.")
+READS = frozenset({
+    "/xcp.v1.HostService/ListHosts", "/xcp.v1.HostService/GetHost",
+    "/xcp.v1.HostService/GetHostMetrics", "/xcp.v1.VMService/GetVM",
+    "/xcp.v1.VMService/ListVMs",
+})
+_HOP_HEADERS = ("grpc-", ":", "content-type", "user-agent", "te")
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class LeaderChannel:
+    """One channel to the current leader, replaced when the leader changes."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None, options: list) -> None:
+        self._credentials, self._options = credentials, options
+        self._address = ""
+        self._channel: grpc.aio.Channel | None = None
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address != self._address or self._channel is None:
+            if self._channel is not None:
+                asyncio.ensure_future(self._channel.close())
+            self._channel = open_channel(address, self._options, self._credentials, "xcp-master")
+            self._address = address
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class Router(grpc.aio.ServerInterceptor):
+    """Runs a call here, passes it on to the leader, or refuses it."""
+
+    def __init__(self, term: Term, clock: Callable[[], float], leader: LeaderChannel) -> None:
+        self._term, self._clock, self._leader = term, clock, leader
+        self._in_flight: set[asyncio.Task] = set()
+        self._deposed: set[asyncio.Task] = set()
+        term.add_listener(self._on_transition)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(LOCAL_SERVICES):
+            return handler
+        if self._term.acting(self._clock()):
+            return _rewrap(handler, self._tracked)
+        passed_on = any(k == PASSED_ON for k, _ in details.invocation_metadata or ())
+        leader = self._term.visible_leader(self._clock())
+        if leader and leader != self._term.me and not passed_on:
+            return self._pass_on(handler, method, leader)
+        if method in READS:
+            return _rewrap(handler, _stale)
+        if not handler.response_streaming:
+            return self._deferred(handler, method, passed_on)
+        return _rewrap(handler, self._refuse)
+
+    # -- while no one leads: wait a moment for the election ---------------------
+
+    def _deferred(self, handler, method: str, passed_on: bool):
+        """A write while no leader is visible: wait, within the caller's
+        deadline and at most about one lease, for a term to begin (an
+        election, or our own lease confirmed again after an etcd hiccup),
+        then run it here, pass it on, or refuse it (HOST_IS_SLAVE)."""
+        async def unary(raw: bytes, context):
+            await self._await_term(context)
+            if self._term.acting(self._clock()):
+                try:
+                    request = handler.request_deserializer(raw)
+                except DecodeError:
+                    request = errors.UNDECODABLE
+                run = self._tracked(handler.unary_unary, False)
+                return handler.response_serializer(await run(request, context))
+            leader = self._term.visible_leader(self._clock())
+            if leader and leader != self._term.me and not passed_on:
+                return await _forward_unary(self._leader.get(leader), method, raw, context,
+                                            leader, self._term.me)
+            await errors.abort(context, errors.host_is_slave(leader))
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_identity, response_serializer=_identity)
+
+    async def _await_term(self, context) -> None:
+        remaining = context.time_remaining()
+        budget = 1.5 * self._term.ttl
+        if remaining is not None:
+            budget = min(budget, remaining - 0.2)
+        end = self._clock() + budget
+        while self._clock() < end:
+            now = self._clock()
+            leader = self._term.visible_leader(now)
+            if self._term.acting(now) or (leader and leader != self._term.me):
+                return
+            await asyncio.sleep(0.02)
+
+    # -- on the leader ----------------------------------------------------------
+
+    def _on_transition(self, acting: bool) -> None:
+        if acting:
+            return
+        for task in list(self._in_flight):
+            self._deposed.add(task)
+            task.cancel()
+
+    def _tracked(self, behavior, streaming: bool):
+        if not streaming:
+            async def run(request, context):
+                with self._tracking(context) as task:
+                    try:
+                        return await behavior(request, context)
+                    except asyncio.CancelledError:
+                        await self._deposed_abort(task, context)
+                        raise
+            return run
+
+        async def run_stream(request, context):
+            with self._tracking(context) as task:
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    await self._deposed_abort(task, context)
+                    raise
+        return run_stream
+
+    def _tracking(self, context):
+        router = self
+
+        class _Track:
+            def __enter__(self):
+                self.task = asyncio.current_task()
+                router._in_flight.add(self.task)
+                return self.task
+
+            def __exit__(self, *exc):
+                router._in_flight.discard(self.task)
+                router._deposed.discard(self.task)
+        return _Track()
+
+    async def _deposed_abort(self, task, context) -> None:
+        if task in self._deposed:
+            self._deposed.discard(task)
+            task.uncancel()
+            await errors.abort(context, errors.host_is_slave(
+                self._term.visible_leader(self._clock())))
+
+    def _refuse(self, behavior, streaming: bool):
+        term = self._term
+
+        async def run(request, context):
+            await errors.abort(context, errors.host_is_slave(term.visible_leader(self._clock())))
+
+        async def run_stream(request, context):
+            await run(request, context)
+            yield  # never reached: abort raises
+        return run_stream if streaming else run
+
+    # -- on a follower -------------------------------------------------------
+
+    def _pass_on(self, handler, method: str, leader: str):
+        channel, me = self._leader.get(leader), self._term.me
+        if handler.response_streaming:
+            async def stream(request, context):
+                async for item in _forward_stream(channel, method, request, context, leader, me):
+                    yield item
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=_identity, response_serializer=_identity)
+
+        async def unary(request, context):
+            return await _forward_unary(channel, method, request, context, leader, me)
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_identity, response_serializer=_identity)
+
+
+def _outgoing(context, me: str) -> list[tuple[str, str]]:
+    metadata = [(k, v) for k, v in context.invocation_metadata()
+                if not k.startswith(_HOP_HEADERS)]
+    metadata.append((PASSED_ON, me))
+    return metadata
+
+
+async def _forward_unary(channel, method: str, raw: bytes, context, leader: str, me: str):
+    call = channel.unary_unary(method, request_serializer=_identity,
+                               response_deserializer=_identity)
+    try:
+        outbound = call(raw, timeout=context.time_remaining(), metadata=_outgoing(context, me))
+        await _relay_headers(context, outbound)
+        return await outbound
+    except grpc.aio.AioRpcError as exc:
+        await _relay(context, exc, leader)
+
+
+async def _forward_stream(channel, method: str, raw: bytes, context, leader: str, me: str):
+    call = channel.unary_stream(method, request_serializer=_identity,
+                                response_deserializer=_identity)
+    try:
+        outbound = call(raw, timeout=context.time_remaining(), metadata=_outgoing(context, me))
+        await _relay_headers(context, outbound)
+        async for item in outbound:
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        await _relay(context, exc, leader)
+
+
+async def _relay_headers(context, outbound) -> None:
+    """The leader's response headers (e.g. xcp-stale), to our caller."""
+    headers = [(k, v) for k, v in (await outbound.initial_metadata() or ())
+               if not k.startswith(_HOP_HEADERS)]
+    if headers:
+        await context.send_initial_metadata(headers)
+
+
+async def _relay(context, exc: grpc.aio.AioRpcError, leader: str) -> None:
+    """The leader's error, as it sent it; a leader we could not reach is
+    HOST_IS_SLAVE naming it, so the caller may try it directly or elsewhere."""
+    if errors.XcpError.from_rpc_error(exc) is None and exc.code() in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        await errors.abort(context, errors.host_is_slave(leader))
+    trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()))
+    await context.abort(exc.code(), exc.details() or "", trailing)
+
+
+async def _stale_header(context) -> None:
+    await context.send_initial_metadata(((STALE, "true"),))
+
+
+def _stale(behavior, streaming: bool):
+    async def run(request, context):
+        await _stale_header(context)
+        return await behavior(request, context)
+    return run
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior wrapped by wrap(behavior, streaming)."""
+    if handler.request_streaming:
+        return handler
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True), request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    behavior = wrap(handler.unary_unary, False)
+    return grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer)
