@@ -55,7 +55,7 @@ def flips(registry, to, cause):
 
 
 def test_every_flip_is_counted_by_direction_and_cause():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     registry = registry_of(lambda: pool_families(sources(liveness)))
     assert flips(registry, "not_live", "stream_ended") == 0  # exported from zero
     streams = {h: liveness.attach(h) for h in (A, B, C, D)}
@@ -72,7 +72,7 @@ def test_every_flip_is_counted_by_direction_and_cause():
 
 
 def test_a_superseded_stream_ending_flips_nothing():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     old = liveness.attach(A)
     liveness.attach(A)
     liveness.beat(A, 1.0)
@@ -82,7 +82,7 @@ def test_a_superseded_stream_ending_flips_nothing():
 
 
 def test_hosts_by_liveness_and_open_streams():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     for host in (A, B, C):
         liveness.attach(host)
         liveness.beat(host, 1.0)
@@ -93,7 +93,7 @@ def test_hosts_by_liveness_and_open_streams():
 
 
 def test_counts_and_gauges_come_from_the_sources():
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)
     registry = registry_of(lambda: pool_families(sources(
         liveness, reports=1234, sheds=7, lag=0.25, depths=(3, 0, 9), lost=2, in_flight=4)))
     value = registry.get_sample_value
@@ -123,7 +123,7 @@ def test_forwarded_calls_land_in_the_histogram_by_method_and_reason():
 
 def test_the_forwarder_reports_a_host_offline_call_with_its_reason():
     now = [100.0]
-    liveness = Liveness(dead_after=3.0, grace=0.0, started_at=0.0)  # HOST never beat
+    liveness = Liveness(report_deadline=3.0, grace=0.0, started_at=0.0)  # HOST never beat
     host = str(uuid_module.uuid4())
     store = SimpleNamespace(get=lambda c, u: dm.Host(uuid=host, address="127.0.0.1:1"))
     forwarder = Forwarder(store, liveness, contact_timeout=2.0, clock=lambda: now[0])

@@ -36,7 +36,7 @@ FlipListener = Callable[[str, bool], None]
 BEAT = "beat"  # to live: a Hello or beat from a host that was not live
 STREAM_ENDED = "stream_ended"  # its heartbeat stream ended (crash, reset) without a goodbye
 GOODBYE = "goodbye"  # the slave stopped cleanly and said so
-REAPER = "reaper"  # silent for longer than dead_after
+REAPER = "reaper"  # no report for report_deadline, or not back after the startup grace
 DECLARED_DEAD = "declared_dead"  # an operator's DeclareDead
 
 
@@ -100,8 +100,8 @@ class Liveness:
         if now < self._grace_end:
             return []
         dead = sorted(self._restored)
-        for host in dead:
-            self._mark_down(host)
+        for host in dead:  # never came back after a restart: the reaper's verdict
+            self._mark_down(host, REAPER)
         while self._last_seen:
             host, seen = next(iter(self._last_seen.items()))
             if now - seen <= self._report_deadline:
