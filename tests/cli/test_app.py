@@ -4,6 +4,7 @@ security options. No network."""
 
 from __future__ import annotations
 
+import re
 import io
 import json
 from types import SimpleNamespace
@@ -169,7 +170,7 @@ def test_uuids_are_used_as_given_without_a_lookup():
     conn, text = run(["vm-get", VM1.upper()], {"GetVM": vm()})
     assert [m for m, _, _ in conn.requests] == ["GetVM"]
     assert conn.requests[0][1].uuid == VM1
-    assert f"uuid         : {VM1}" in text
+    assert re.search(rf"^uuid +: {VM1}$", text, re.M)  # aligned to the longest field name
 
 
 def test_vm_create_prints_the_uuid_alone():
