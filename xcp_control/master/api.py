@@ -20,6 +20,7 @@ from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.listing import HostListing
 from xcp_control.master.pool import Pool
+from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.store import Change
 from xcp.v1 import (
     event_service_pb2 as ev,
@@ -152,13 +153,20 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
 
 
 class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
-    """GetPool: answered by every master itself (who leads, which masters run)."""
+    """GetPool: answered by every master itself (who leads, which masters run).
+    SetHaConfig: the leader's (routing passes it on), durable before it answers."""
 
-    def __init__(self, describe) -> None:
+    def __init__(self, describe, pool_ha: PoolHa) -> None:
         self._describe = describe
+        self._pool_ha = pool_ha
 
     @rpc_method
     async def GetPool(self, request, context):
+        return self._describe()
+
+    @rpc_method
+    async def SetHaConfig(self, request, context):
+        await self._pool_ha.configure(request.enabled, request.host_failures_to_tolerate)
         return self._describe()
 
 

@@ -16,6 +16,7 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.store import Delete, Put, Store
+from xcp_control.master.pool_ha import PoolHa
 from xcp.v1 import datamodel_pb2 as dm
 
 HALTED = dm.HALTED
@@ -30,11 +31,12 @@ class Pool:
     """Hosts and VMs as the master's database holds them."""
 
     def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
-                 locks: OperationLocks) -> None:
+                 locks: OperationLocks, plan: PoolHa | None = None) -> None:
         self.store = store
         self.liveness = liveness
         self.mirror = mirror
         self.locks = locks
+        self.plan = plan  # the HA failover plan's checks (None: none)
         self._forget_listeners: list[ForgetListener] = []
 
     def add_forget_listener(self, listener: ForgetListener) -> None:
@@ -144,6 +146,8 @@ class Pool:
             out = vm_update.updated(self.vm(vm.uuid), new, paths)
             if out.affinity:
                 self.host(out.affinity)
+            if self.plan is not None:
+                self.plan.check_update(vm, out)
             await self.store.put(out)
             return out
 

@@ -31,6 +31,7 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
+from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.master.reconcile import Reconciler
 from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
@@ -123,7 +124,8 @@ class Master:
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
         self.locks = OperationLocks()
-        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
+        self.pool_ha = PoolHa(self.store, self.liveness)
+        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks, plan=self.pool_ha)
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
@@ -197,6 +199,7 @@ class Master:
         else:
             pool.master = self.settings.advertise or self.address
             pool.masters.append(pool.master)
+        self.pool_ha.describe(pool)
         return pool
 
     def _wire_metrics(self) -> None:
@@ -233,7 +236,7 @@ class Master:
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
             self.liveness_servicer, server)
         pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
-            api.PoolServicer(self.describe_pool), server)
+            api.PoolServicer(self.describe_pool, self.pool_ha), server)
         return server
 
     async def _reap(self) -> None:
