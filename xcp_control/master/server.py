@@ -32,6 +32,7 @@ from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.pool_ha import PoolHa
+from xcp_control.master.ha_config import HaAnnouncer
 from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.master.reconcile import Reconciler
 from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
@@ -135,6 +136,8 @@ class Master:
                                    credentials=sec.channel_credentials,
                                    fence=self.ha.fence if self.ha else None)
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
+        # The leader notices a silent host at most dead_after after its last packet.
+        self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)
@@ -169,6 +172,12 @@ class Master:
         # A host no longer counted live loses its stream: the slave then knows.
         self.sessions.add_not_live_listener(self.liveness_servicer.close)
         self.pool.add_forget_listener(self.forwarder.forget)
+        # HA config on the heartbeat streams: in each Hello answer, pushed on change.
+        self.sessions.ha = self.ha_config
+        self.ha_config.push = self.liveness_servicer.push
+        self.ha_config.open_hosts = self.liveness_servicer.open_hosts
+        self.store.add_listener(self.ha_config.on_changes)
+        self.pool.add_forget_listener(self.ha_config.forget)
         if self.ha:
             # With several masters: the Hello answer carries our epoch (or
             # names the leader), and leading starts and stops the host side.

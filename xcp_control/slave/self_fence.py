@@ -40,7 +40,7 @@ class HaConfig:
     fence_after: float = 10.0  # seconds without acknowledgement before self-fencing
     detect_bound: float = 3.0  # the leader's PING interval + timeout: how late it may notice
     epoch: int = 0  # the leader's epoch the config came with
-    peers: tuple[str, ...] = ()  # SlaveService addresses of the other hosts (liveset rule)
+    peers: tuple[tuple[str, str], ...] = ()  # (uuid, SlaveService address) of the other hosts
 
 
 class Verdict(enum.Enum):
