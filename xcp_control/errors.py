@@ -81,6 +81,9 @@ CATALOGUE: dict[str, Reason] = {
                "the call comes from a deposed leader: a newer epoch has been seen"),
         Reason("HYPERVISOR_UNAVAILABLE", Code.UNAVAILABLE, ("host", "detail"),
                "the host's hypervisor connection is down; the slave is re-opening it"),
+        Reason("HOST_FENCED", Code.FAILED_PRECONDITION, ("host",),
+               "the host fenced itself (HA: it lost the leader's acknowledgement) and "
+               "refuses domain operations until the leader acknowledges it again"),
     )
 }
 
@@ -223,6 +226,10 @@ def host_is_slave(master: str) -> XcpError:
 
 def stale_master(epoch: int, seen: int) -> XcpError:
     return XcpError("STALE_MASTER", epoch=epoch, seen=seen)
+
+
+def host_fenced(host: str) -> XcpError:
+    return XcpError("HOST_FENCED", host=host)
 
 
 def hypervisor_unavailable(host: str, detail: str) -> XcpError:

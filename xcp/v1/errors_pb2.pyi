@@ -27,6 +27,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOST_IS_SLAVE: _ClassVar[ErrorReason]
     STALE_MASTER: _ClassVar[ErrorReason]
     HYPERVISOR_UNAVAILABLE: _ClassVar[ErrorReason]
+    HOST_FENCED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 HOST_OFFLINE: ErrorReason
 CANNOT_CONTACT_HOST: ErrorReason
@@ -48,3 +49,4 @@ HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: ErrorReason
 HOST_IS_SLAVE: ErrorReason
 STALE_MASTER: ErrorReason
 HYPERVISOR_UNAVAILABLE: ErrorReason
+HOST_FENCED: ErrorReason

@@ -40,6 +40,7 @@ from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, 
                                        turned_away)
 from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.masters import MasterList
+from xcp_control.slave.self_fence import HaConfig
 from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy
 
 __all__ = ["HeartbeatClient", "HostIdentity", "Reconnect", "StreamEnded"]
