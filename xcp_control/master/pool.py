@@ -23,6 +23,15 @@ HALTED = dm.HALTED
 ForgetListener = Callable[[str], None]
 
 
+def halted_after_failure(vm: dm.VM, ha: bool) -> dm.VM:
+    """A VM of a failed host, HALTED; marked for HA's restart when HA is on
+    and it is protected and was running (ha_restart.py restarts it)."""
+    out = halted(vm)
+    if ha and vm.power_state in (dm.RUNNING, dm.PAUSED) and vm.ha_restart_priority:
+        out.ha_restart_pending = True
+    return out
+
+
 def bad_power_state(vm: dm.VM, expected: str) -> XcpError:
     return errors.vm_bad_power_state(vm.uuid, expected, state_name(vm.power_state))
 
@@ -80,7 +89,9 @@ class Pool:
         with self.locks.hold("host", host.uuid, "declare_dead"):
             self.liveness.mark_down(host.uuid)
             vms = self.store.find("vm", "resident_on", host.uuid)
-            await self.store.commit([Put(halted(vm)) for vm in vms])
+            # With HA: the operator asserts the fence; protected VMs restart elsewhere.
+            ha = self.plan is not None and self.plan.enabled
+            await self.store.commit([Put(halted_after_failure(vm, ha)) for vm in vms])
         return host
 
     # -- VMs -----------------------------------------------------------------

@@ -33,6 +33,7 @@ from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.ha_config import HaAnnouncer
+from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import MasterMetrics, PoolSources, pool_families
 from xcp_control.master.reconcile import Reconciler
 from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
@@ -105,10 +106,13 @@ class Master:
         if self.ha:  # -- HA hook: campaign; lead only once elected --
             self.sessions.close()
             self.ha.start(s.advertise or self.address)
+        else:
+            self.restarter.lead()
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics"),
+                       asyncio.create_task(self.restarter.run(), name="ha-restart"),
                        asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
                                                           s.reaper_tick), name="loop-lag")]
         log.info("master listening on %s, database %s", self.address,
@@ -139,6 +143,10 @@ class Master:
         # The leader notices a silent host at most dead_after after its last packet.
         self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after)
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
+        self.restarter = Restarter(
+            self.store, self.liveness, self.pool_ha, self.lifecycle, self.ha_config.fence_after,
+            detect_bound=s.dead_after, clock=self.clock,
+            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)
 
@@ -154,7 +162,9 @@ class Master:
         3. heartbeat sessions forget the host's domain digest, so its next
            report is taken whole and reconciled;
         4. lifecycle re-disables a returning host the operator had disabled;
-        5. the ListHosts answer refreshes the host's entry.
+        5. the ListHosts answer refreshes the host's entry;
+        6. HA's restarter notes when the leader lost the host (ha_restart.py):
+           it acts only once the host must have fenced, never within the flip.
         Events (Watch) follow the store, not the flip: a flip reaches watchers
         when step 2's write commits, like every other change.
 
@@ -163,7 +173,7 @@ class Master:
         last beat) reach ListHosts within a second, never one write per beat.
         """
         for on_flip in (self.forwarder.on_flip, self.mirror.on_flip, self.sessions.on_flip,
-                        self.lifecycle.on_flip, self.listing.on_flip):
+                        self.lifecycle.on_flip, self.listing.on_flip, self.restarter.on_flip):
             self.liveness.add_listener(on_flip)
         for on_commit in (self.hub.publish, self.listing.on_changes):
             self.store.add_listener(on_commit)
@@ -177,6 +187,7 @@ class Master:
         self.ha_config.push = self.liveness_servicer.push
         self.ha_config.open_hosts = self.liveness_servicer.open_hosts
         self.store.add_listener(self.ha_config.on_changes)
+        self.store.add_listener(self.restarter.on_changes)
         self.pool.add_forget_listener(self.ha_config.forget)
         if self.ha:
             # With several masters: the Hello answer carries our epoch (or
@@ -197,6 +208,7 @@ class Master:
             # marks no live host dead.
             self.liveness.restore(self._stored_liveness(), self.clock())
             self.sessions.reopen()
+            self.restarter.lead()
         else:
             self.sessions.close()
             self.liveness_servicer.close_all()
