@@ -18,7 +18,7 @@ HOST = "11111111-1111-4111-8111-111111111111"
 
 def wired(world: World) -> tuple[HeartbeatSessions, HaAnnouncer, list]:
     pool_ha = PoolHa(world.store, world.liveness)
-    announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0)
+    announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0, transport_bound=0.5)
     pushed: list[tuple[str, pb.HeartbeatResponse]] = []
     announcer.push = lambda host, message: pushed.append((host, message))
     world.store.add_listener(announcer.on_changes)
@@ -50,7 +50,7 @@ def test_a_fence_after_not_above_the_detect_bound_is_refused(tmp_path):
         sessions, _, _ = wired(world)
         with pytest.raises(XcpError) as caught:
             await sessions.hello(pb.Hello(host_uuid=HOST, address="10.0.0.1:9",
-                                          fence_after_ms=3000))
+                                          fence_after_ms=3500))
         assert caught.value.reason == "INVALID_VALUE"
         assert world.store.get("host", HOST) is None  # refused before registering
     run(body, tmp_path)

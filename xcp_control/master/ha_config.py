@@ -9,9 +9,9 @@ Hello, a SetHaConfig or a Host change does work.
 fence_after is the slave's setting (`xcp-slave --fence-after`), sent in its
 Hello and kept here per host (the restarter reads it: ha_restart.py). The
 leader refuses a Hello whose fence_after is not above its detection bound
-(dead_after): the slave counts its lease that much earlier than the last
-moment it saw its stream open, so such a host would fence on every
-PING the leader was slow to answer, and the restart could not wait for it.
+(dead_after) plus the slave's transport bound (three PING intervals): the
+slave counts its lease that much earlier than the last moment it saw its
+stream open, so such a host would fence while its stream is healthy.
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ Push = Callable[[str, pb.HeartbeatResponse], None]
 class HaAnnouncer:
     """Fills the HA config into heartbeat answers and pushes it on change."""
 
-    def __init__(self, store: Store, pool_ha: PoolHa, detect_bound: float) -> None:
+    def __init__(self, store: Store, pool_ha: PoolHa, detect_bound: float,
+                 transport_bound: float = 0.0) -> None:
         self._store = store
         self._pool_ha = pool_ha
         self.detect_bound = detect_bound
+        # The slave's own bound (its channel's keepalive time + timeout, three
+        # PING intervals: rpc/options.py); its lease starts this much earlier too.
+        self.transport_bound = transport_bound
         self._fence_after: dict[str, float] = {}  # host -> its fence_after (seconds)
         # Set by the wiring: push(host, message) onto an open stream, and the
         # hosts with one open (LivenessServicer.push / .open_hosts).
@@ -49,11 +53,12 @@ class HaAnnouncer:
         """A Hello, before the host is registered: keep its fence_after
         (INVALID_VALUE when it is not above the detection bound)."""
         fence_after = hello.fence_after_ms / 1000 if hello.fence_after_ms else DEFAULT_FENCE_AFTER
-        if fence_after <= self.detect_bound:
+        floor = self.detect_bound + self.transport_bound
+        if fence_after <= floor:
             raise errors.invalid_value(
                 "hello.fence_after_ms",
-                f"{hello.fence_after_ms} (must be above the master's dead_after, "
-                f"{self.detect_bound * 1000:.0f} ms)")
+                f"{hello.fence_after_ms} (must be above the master's dead_after plus three "
+                f"PING intervals, {floor * 1000:.0f} ms)")
         self._fence_after[host] = fence_after
 
     def fill(self, host: str, answer: pb.HeartbeatResponse) -> pb.HeartbeatResponse:

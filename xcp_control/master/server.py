@@ -141,7 +141,8 @@ class Master:
                                    fence=self.ha.fence if self.ha else None)
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         # The leader notices a silent host at most dead_after after its last packet.
-        self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after)
+        self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
+                                     transport_bound=3 * max(s.heartbeat_interval, 0.5))
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.restarter = Restarter(
             self.store, self.liveness, self.pool_ha, self.lifecycle, self.ha_config.fence_after,

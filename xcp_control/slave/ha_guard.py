@@ -105,6 +105,7 @@ class SelfFencing:
                             "the heartbeat stream for %.1fs", now - self._last_tick,
                             self._hold_until - now)
             self._last_tick = now
+            self.lease.transport_bound = self._transport_bound()  # follows the interval
             if self._hears_leader() and now >= self._hold_until:
                 self.lease.confirm(now)
             if self.lease.due(now):

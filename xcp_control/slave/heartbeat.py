@@ -291,15 +291,16 @@ class HeartbeatClient:
             self._on_epoch(response.epoch)
         if response.send_domains:
             self._changed.set()
+        self._interval = _bounded(response.interval_ms, self._interval)
+        # An older master sets no report interval: it wants one report per interval.
+        self._report_interval = _bounded(response.report_interval_ms, self._interval)
+        # Last: the lease's transport bound follows the interval just taken.
         if response.ha_config and self._on_ha is not None:
             self._on_ha(HaConfig(enabled=response.ha_enabled,
                                  fence_after=response.fence_after_ms / 1000,
                                  detect_bound=response.detect_bound_ms / 1000,
                                  epoch=response.epoch,
                                  peers=tuple((p.host_uuid, p.address) for p in response.peers)))
-        self._interval = _bounded(response.interval_ms, self._interval)
-        # An older master sets no report interval: it wants one report per interval.
-        self._report_interval = _bounded(response.report_interval_ms, self._interval)
 
     def _domains_changed(self) -> None:
         self._domain_changes += 1
