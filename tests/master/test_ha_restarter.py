@@ -30,6 +30,7 @@ async def rig(world: World, enabled=True, hosts=3):
     restarter = Restarter(world.store, world.liveness, ha, life, lambda h: FENCE_AFTER,
                           DETECT, clock)
     world.liveness.add_listener(restarter.on_flip)
+    world.store.add_listener(restarter.on_changes)
     added = [await world.add_host(f"h{i}") for i in range(hosts)]
     return restarter, fwd, clock, added
 
@@ -125,4 +126,26 @@ def test_a_new_leader_restarts_what_was_marked_and_treats_lost_hosts_as_lost(tmp
         clock.now += 10
         await restarter.step()
         assert state(world, on_dead)[0] == dm.RUNNING and state(world, on_dead)[1] != h0.uuid
+    run(body, tmp_path)
+
+
+def test_best_effort_only_where_room_remains(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        for host, used in ((h1, 20), (h2, 30)):  # 44 and 34 GiB free
+            await protected(world, f"fill-{used}", used * GIB, dm.RUNNING, host.uuid, priority=0)
+        big = await protected(world, "big", 40 * GIB, dm.RUNNING, h0.uuid)
+        extra = await protected(world, "extra", 40 * GIB, dm.RUNNING, h0.uuid,
+                                priority=dm.BEST_EFFORT)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) + 0.01
+        await restarter.step()
+        assert state(world, big) == (dm.RUNNING, h1.uuid, False)  # the one host with room
+        # No host has 40 GiB left: the BEST_EFFORT VM waits, HALTED and marked.
+        assert state(world, extra) == (dm.HALTED, "", True)
+        assert [m for _, m in fwd.calls] == ["StartDomain"]
+        clock.now += 0.5
+        await restarter.step()  # backing off: not even tried
+        assert len(fwd.calls) == 1
     run(body, tmp_path)

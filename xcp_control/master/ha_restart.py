@@ -129,6 +129,9 @@ class Restarter:
         self.lost: dict[str, float] = {}  # host -> when the leader saw it go
         self.pending = PendingRestarts()
         self._wake = None  # asyncio.Event, made in run()
+        # Scan the VMs for marked ones only when some may exist: at the start,
+        # when a marked VM is written, and while restarts are pending.
+        self._scan = True
 
     # -- listeners -----------------------------------------------------------
 
@@ -142,12 +145,14 @@ class Restarter:
 
     def on_changes(self, changes) -> None:
         if any(c.class_name == "vm" and c.obj.ha_restart_pending for c in changes):
+            self._scan = True
             self._poke()
 
     def lead(self) -> None:
         """This master starts leading (or starts alone): every host not live
         that still has resident VMs is lost from now on."""
         now = self._clock()
+        self._scan = True
         if not self._pool_ha.enabled:
             return
         for host in self._store.list("host"):
@@ -189,12 +194,16 @@ class Restarter:
         vms = self._resident(host)
         if vms:
             await self._store.commit([Put(halted_after_failure(vm, True)) for vm in vms])
+            self._scan = True
             log.warning("HA: host %s has fenced: %d VMs set HALTED, %d to restart", host,
                         len(vms), sum(1 for vm in vms if vm.ha_restart_priority))
         self.lost.pop(host, None)
 
     async def _restart(self, now: float) -> None:
+        if not self._scan and not len(self.pending):
+            return
         marked = [vm for vm in self._store.list("vm") if vm.ha_restart_pending]
+        self._scan = bool(marked)
         for vm in marked:
             if vm.power_state != dm.HALTED:  # started meanwhile (by us or by hand)
                 await self._clear(vm)
