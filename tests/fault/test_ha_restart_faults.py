@@ -19,14 +19,17 @@ answer with the domain either.
 from __future__ import annotations
 
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.support.daemons import SlaveProcess
 from tests.support.lab import Case, Lab
 from tests.support.processes import wait_until
 from xcp.v1 import datamodel_pb2 as dm
@@ -188,3 +191,48 @@ def test_master_down_for_twice_fence_after_no_host_fences(lab: Lab, case: Case) 
         got = back.client.vm(vm)
         assert (got.power_state, got.resident_on) == (dm.RUNNING, h.uuid)
         assert h.domains() == {vm: dm.RUNNING}
+
+
+@pytest.fixture
+def ns_case(netns_lab: Lab) -> Iterator[Case]:
+    with netns_lab.case() as c:
+        yield c
+
+
+def root_side_slave(lab: Lab, case: Case, master):
+    """A slave outside the test host, on its root-side address (a peer the
+    test host's slave reaches while it is not partitioned)."""
+    name = lab.next_name()
+    state = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=lab.tmp))
+    slave = SlaveProcess(master.address, state, name, lab.tmp, extra_args=SLAVE_ARGS,
+                         listen=f"{lab.host.root_ip}:0")
+    case.slaves.append((slave, master))
+    slave.start()
+    master.client.wait_live(slave.uuid, True, timeout=10)
+    return slave
+
+
+def test_partitioned_host_fences_and_its_vm_restarts_elsewhere(netns_lab: Lab,
+                                                               ns_case: Case) -> None:
+    master = netns_lab.start_master(**SETTINGS)
+    pool_stub(master).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)
+    a = ns_case.slave(master, *SLAVE_ARGS)  # inside the test host
+    others = [root_side_slave(netns_lab, ns_case, master) for _ in range(2)]
+    vm = protected_vm(master, a.uuid, "ha-partition")
+    with DomainPoller([a, *others], vm) as poller:
+        time.sleep(0.3)
+        netns_lab.host.partition()
+        cut = time.monotonic()
+        try:
+            moved = wait_until(lambda: (v := master.client.vm(vm)).power_state == dm.RUNNING
+                               and v.resident_on != a.uuid and v, FENCE_AFTER + 3,
+                               "the VM RUNNING on another host", interval=0.05)
+            print(f"partition -> RUNNING elsewhere in {time.monotonic() - cut:.2f}s")
+            wait_until(lambda: "SELF-FENCING" in a.stderr_text(), 5, "the cut-off host fenced")
+        finally:
+            netns_lab.host.heal()
+        assert a.domains() == {}
+        time.sleep(1.0)
+    b = moved.resident_on
+    poller.assert_never_twice(a.uuid, b)
+    assert poller.on(b)
