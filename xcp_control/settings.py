@@ -311,8 +311,8 @@ class SlaveSettings:
                                      "libvirt guest", metavar="S")
     fence_after: float = setting(10.0, "with HA enabled: seconds without the leader's "
                                  "acknowledgement before this host fences itself (destroys "
-                                 "every domain); must be above the master's dead_after (its "
-                                 "Hello is refused otherwise)", metavar="S")
+                                 "every domain); the master raises one not above its "
+                                 "dead_after + 3 PING intervals", metavar="S")
     watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
                                    "(slave/watchdog.py)", metavar="PATH")
 

@@ -3,10 +3,7 @@ Hello answer (HeartbeatSessions.hello), pushed on a pool or host change."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.master.world import NOW, World, run
-from xcp_control.errors import XcpError
 from xcp_control.master.ha_config import HaAnnouncer
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool_ha import PoolHa
@@ -45,14 +42,13 @@ def test_hello_answer_carries_the_config_and_the_peers(tmp_path):
     run(body, tmp_path)
 
 
-def test_a_fence_after_not_above_the_detect_bound_is_refused(tmp_path):
+def test_a_fence_after_not_above_the_floor_is_raised_and_the_slave_told(tmp_path):
     async def body(world: World):
-        sessions, _, _ = wired(world)
-        with pytest.raises(XcpError) as caught:
-            await sessions.hello(pb.Hello(host_uuid=HOST, address="10.0.0.1:9",
-                                          fence_after_ms=3500))
-        assert caught.value.reason == "INVALID_VALUE"
-        assert world.store.get("host", HOST) is None  # refused before registering
+        sessions, announcer, _ = wired(world)
+        _, answer = await sessions.hello(pb.Hello(host_uuid=HOST, address="10.0.0.1:9",
+                                                  fence_after_ms=3500))
+        assert answer.fence_after_ms == 4500  # dead_after 3 + transport 0.5 + 1
+        assert announcer.fence_after(HOST) == 4.5
     run(body, tmp_path)
 
 

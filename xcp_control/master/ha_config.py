@@ -7,21 +7,25 @@ config is pushed to every open stream. Nothing here runs per beat: only a
 Hello, a SetHaConfig or a Host change does work.
 
 fence_after is the slave's setting (`xcp-slave --fence-after`), sent in its
-Hello and kept here per host (the restarter reads it: ha_restart.py). The
-leader refuses a Hello whose fence_after is not above its detection bound
-(dead_after) plus the slave's transport bound (three PING intervals): the
+Hello and kept here per host (the restarter reads it: ha_restart.py). One
+not above the leader's detection bound (dead_after) plus the slave's
+transport bound (three PING intervals) is raised to that floor + 1 s: the
 slave counts its lease that much earlier than the last moment it saw its
-stream open, so such a host would fence while its stream is healthy.
+stream open, so such a host would fence while its stream is healthy. The
+slave takes the value it is told.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from xcp_control import errors
+import logging
+
 from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.store import Change, Store
 from xcp.v1 import liveness_service_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FENCE_AFTER = 10.0  # seconds: a slave that sends none (DESIGN.md)
 WATCHED = ("pool", "host")  # classes whose changes change what slaves are told
@@ -50,15 +54,17 @@ class HaAnnouncer:
         return self._fence_after.get(host, DEFAULT_FENCE_AFTER)
 
     def keep(self, host: str, hello: pb.Hello) -> None:
-        """A Hello, before the host is registered: keep its fence_after
-        (INVALID_VALUE when it is not above the detection bound)."""
+        """A Hello: keep the host's fence_after. One not above the floor
+        (dead_after + the slave's transport bound) would make a healthy host
+        fence: the leader raises it to the floor + 1 s, says so in the log,
+        and tells the slave the value it took (HeartbeatResponse.fence_after_ms),
+        so both sides count the same lease."""
         fence_after = hello.fence_after_ms / 1000 if hello.fence_after_ms else DEFAULT_FENCE_AFTER
         floor = self.detect_bound + self.transport_bound
         if fence_after <= floor:
-            raise errors.invalid_value(
-                "hello.fence_after_ms",
-                f"{hello.fence_after_ms} (must be above the master's dead_after plus three "
-                f"PING intervals, {floor * 1000:.0f} ms)")
+            log.warning("host %s asks for fence_after %.1fs, not above dead_after + 3 PING "
+                        "intervals (%.1fs): using %.1fs", host, fence_after, floor, floor + 1)
+            fence_after = floor + 1.0
         self._fence_after[host] = fence_after
 
     def fill(self, host: str, answer: pb.HeartbeatResponse) -> pb.HeartbeatResponse:
