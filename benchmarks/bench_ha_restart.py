@@ -74,13 +74,14 @@ def trial(lab: Lab, vms: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--vms", default="1,20", help="protected VMs per case (default 1,20)")
     args = parser.parse_args()
     print(machine_line())
     print(load_note())
     with tempfile.TemporaryDirectory(prefix="bench-ha-restart-") as tmp:
         lab = Lab(Path(tmp))
         try:
-            for vms in (1, 20):
+            for vms in (int(v) for v in args.vms.split(",")):
                 times = [trial(lab, vms) for _ in range(args.trials)]
                 print(f"{vms:>2} RESTART VMs: SIGSTOP -> all RUNNING elsewhere "
                       f"{summarize(times).fmt(unit='s', scale=1, digits=2)} "

@@ -112,8 +112,9 @@ class Restarter:
     HALTED in one commit, the protected ones marked ha_restart_pending
     (durable: a new leader restarts marked VMs, and a VM is only ever started
     from HALTED under its operation lock, so never twice). Marked VMs are then
-    started through Lifecycle.start_vm with placement: RESTART by order, then
-    BEST_EFFORT only while no RESTART VM waits; failures back off."""
+    started through Lifecycle.start_vm with placement: RESTART placed by
+    order and booted together, then BEST_EFFORT only while no RESTART VM
+    waits; failures back off."""
 
     def __init__(self, store, liveness, pool_ha, lifecycle, fence_after, detect_bound: float,
                  clock, acting=lambda: True, tick: float = 0.25) -> None:
@@ -210,12 +211,12 @@ class Restarter:
         waiting = [vm for vm in marked if vm.power_state == dm.HALTED]
         restart, best_effort, _ = restart_sequence(waiting)
         self.pending.add(vm.uuid for vm in restart + best_effort)
-        for vm in restart:
-            await self._start(vm.uuid, now)
+        # Placed in order, booted together: each start runs up to its first
+        # await (placement and the memory reservation) in the order given.
+        await asyncio.gather(*(self._start(vm.uuid, now) for vm in restart))
         if not any(getattr(self._store.get("vm", vm.uuid), "ha_restart_pending", False)
                    for vm in restart):
-            for vm in best_effort:
-                await self._start(vm.uuid, now)
+            await asyncio.gather(*(self._start(vm.uuid, now) for vm in best_effort))
 
     async def _start(self, uuid: str, now: float) -> None:
         retry = self.pending.retries.get(uuid)
