@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.lab import Lab
+from tests.support.lab import Case, Lab
 from tests.support.netns import TestHost, require_test_hosts
 
 
@@ -34,3 +34,15 @@ def netns_lab(request, tmp_path_factory) -> Iterator[Lab]:
             yield lab
         finally:
             lab.close()
+
+
+@pytest.fixture
+def case(lab: Lab) -> Iterator[Case]:
+    with lab.case() as c:
+        yield c
+
+
+@pytest.fixture
+def ns_case(netns_lab: Lab) -> Iterator[Case]:
+    with netns_lab.case() as c:
+        yield c

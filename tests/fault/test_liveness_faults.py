@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,18 +24,6 @@ pytestmark = pytest.mark.timeout(120)
 HB = 1.0  # heartbeat interval
 DEAD = 3.0  # dead_after
 SETTINGS = dict(heartbeat_interval=HB, dead_after=DEAD, contact_timeout=2.0)
-
-
-@pytest.fixture
-def case(lab: Lab) -> Iterator[Case]:
-    with lab.case() as c:
-        yield c
-
-
-@pytest.fixture
-def ns_case(netns_lab: Lab) -> Iterator[Case]:
-    with netns_lab.case() as c:
-        yield c
 
 
 def live_flips(master, host: str) -> list[bool]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,18 +19,6 @@ pytestmark = pytest.mark.timeout(120)
 HB, DEAD, REPORT = 2.0, 3.0, 10.0
 SETTINGS = dict(heartbeat_interval=HB, dead_after=DEAD, contact_timeout=2.0,
                 report_interval=REPORT)
-
-
-@pytest.fixture
-def case(lab: Lab) -> Iterator[Case]:
-    with lab.case() as c:
-        yield c
-
-
-@pytest.fixture
-def ns_case(netns_lab: Lab) -> Iterator[Case]:
-    with netns_lab.case() as c:
-        yield c
 
 
 def test_sigstop_is_caught_by_the_pings_within_dead_after(lab: Lab, case: Case) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from xcp_control.errors import XcpError
+
 HAVE_LIBVIRT = importlib.util.find_spec("libvirt") is not None
 
 HOST = "11111111-1111-4111-8111-111111111111"
@@ -39,3 +41,14 @@ async def libvirt_hypervisor(tmp_path: Path, memory: int, host: str = HOST, uri:
                            console_dir=str(tmp_path / "console"), **kwargs)
     await hv.open()
     return hv
+
+
+async def raises(reason: str, coro, **params) -> XcpError:
+    try:
+        await coro
+    except XcpError as exc:
+        assert exc.reason == reason, exc.message
+        for key, value in params.items():
+            assert exc.params[key] == value, (key, exc.params)
+        return exc
+    raise AssertionError(f"expected {reason}")

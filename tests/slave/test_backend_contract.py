@@ -10,11 +10,10 @@ import asyncio
 
 import pytest
 
-from xcp_control.errors import XcpError
 from xcp_control.model import HALTED, PAUSED, RUNNING
 from xcp_control.slave.hypervisor import BootSpec, DomainInfo, SimulatedHypervisor
 
-from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt
+from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt, raises
 
 VM1 = "aaaaaaaa-0000-4000-8000-000000000001"
 VM2 = "aaaaaaaa-0000-4000-8000-000000000002"
@@ -52,17 +51,6 @@ def run(make, body):
             for hv in opened:
                 await hv.close()
     asyncio.run(go())
-
-
-async def raises(reason: str, coro, **params) -> XcpError:
-    try:
-        await coro
-    except XcpError as exc:
-        assert exc.reason == reason, exc.message
-        for key, value in params.items():
-            assert exc.params[key] == value, (key, exc.params)
-        return exc
-    raise AssertionError(f"expected {reason}")
 
 
 def test_start_lists_domain_and_accounts_memory(make, boot):

@@ -10,8 +10,7 @@ import itertools
 
 import pytest
 
-from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt
-from xcp_control.errors import XcpError
+from tests.slave.libvirt_support import HOST, GiB, libvirt_hypervisor, needs_libvirt, raises
 from xcp_control.model import HALTED, RUNNING
 from xcp_control.slave.hypervisor import BootSpec
 
@@ -26,17 +25,6 @@ def boot(tmp_path) -> BootSpec:
     (tmp_path / "vmlinuz").write_bytes(b"kernel")
     (tmp_path / "initrd.img").write_bytes(b"initrd")
     return BootSpec(str(tmp_path / "vmlinuz"), str(tmp_path / "initrd.img"), "xcp.marker")
-
-
-async def raises(reason: str, coro, **params) -> XcpError:
-    try:
-        await coro
-    except XcpError as exc:
-        assert exc.reason == reason, exc.message
-        for key, value in params.items():
-            assert exc.params[key] == value, (key, exc.params)
-        return exc
-    raise AssertionError(f"expected {reason}")
 
 
 async def until(predicate, what: str, limit: float = 5.0) -> None:
