@@ -7,24 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from tests.master.test_prometheus import sources
+from tests.master.world import sources
+from tests.support.prometheus import DASHBOARD, dashboard_queries
 from xcp_control.master.liveness import Liveness
 from xcp_control.master.prometheus import MasterMetrics, pool_families
 from xcp_control.slave.hypervisor import SimulatedHypervisor
 from xcp_control.slave.prometheus import SlaveMetrics, slave_families
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "xcp-pool.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
             "gauge": ("",), "unknown": ("",), "info": ("_info",)}
-
-
-def dashboard_queries() -> list[str]:
-    doc = json.loads(DASHBOARD.read_text())
-    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
 
 
 def series_names(families) -> set[str]:

@@ -13,8 +13,7 @@ import pytest
 
 from tests.support.pool import RunningPool
 from tests.support.clients import channel, stubs
-from tests.test_dashboard import dashboard_queries
-from tests.support.prometheus import PrometheusServer, prometheus_or_skip
+from tests.support.prometheus import PrometheusServer, dashboard_queries, prometheus_or_skip
 from xcp_control.errors import error_info
 from xcp.v1 import vm_service_pb2 as vs
 

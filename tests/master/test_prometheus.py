@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from xcp_control.master import liveness as lv
 from xcp_control.master.forwarding import Forwarder
 from xcp_control.master.liveness import Liveness
-from xcp_control.master.prometheus import MasterMetrics, PoolSources, ha_families, pool_families
+from tests.master.world import sources
+from xcp_control.master.prometheus import MasterMetrics, ha_families, pool_families
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.master.store import Put
 from xcp_control.observability.endpoint import OnLoop, Sources
@@ -37,17 +38,6 @@ def registry_of(read) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(Families(read))
     return registry
-
-
-def sources(liveness, hosts=4, reports=0, sheds=0, lag=0.0, depths=(), lost=0, in_flight=0):
-    return PoolSources(
-        liveness=liveness,
-        sessions=SimpleNamespace(reports=reports, sheds=sheds),
-        loop_lag=SimpleNamespace(lag=lag, limit=0.5),
-        hub=SimpleNamespace(watchers=len(depths), queue_depths=lambda: list(depths),
-                            events_lost=lost),
-        forwarder=SimpleNamespace(in_flight_total=in_flight),
-        host_count=lambda: hosts)
 
 
 def flips(registry, to, cause):

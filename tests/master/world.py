@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import uuid as uuid_module
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+from xcp_control.master.prometheus import PoolSources
 from xcp_control.master.listing import HostListing
 from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
@@ -77,3 +79,15 @@ def wired(listing: HostListing, w: World) -> HostListing:
     w.liveness.add_listener(listing.on_flip)
     w.pool.mirror.add_report_listener(listing.on_report)
     return listing
+
+
+def sources(liveness, hosts=4, reports=0, sheds=0, lag=0.0, depths=(), lost=0, in_flight=0):
+    """What the master's metrics read at scrape time, as fakes around `liveness`."""
+    return PoolSources(
+        liveness=liveness,
+        sessions=SimpleNamespace(reports=reports, sheds=sheds),
+        loop_lag=SimpleNamespace(lag=lag, limit=0.5),
+        hub=SimpleNamespace(watchers=len(depths), queue_depths=lambda: list(depths),
+                            events_lost=lost),
+        forwarder=SimpleNamespace(in_flight_total=in_flight),
+        host_count=lambda: hosts)

@@ -144,3 +144,12 @@ class PrometheusServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "xcp-pool.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard in the repository."""
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
