@@ -71,6 +71,9 @@ CATALOGUE: dict[str, Reason] = {
                "the caller's role does not allow this operation"),
         Reason("TOO_BUSY", Code.RESOURCE_EXHAUSTED, ("detail",),
                "the master is too busy: retry later, with backoff"),
+        Reason("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", Code.FAILED_PRECONDITION, ("vm",),
+               "the operation would leave too little room to restart every protected VM "
+               "after ha_host_failures_to_tolerate host failures"),
         Reason("HOST_IS_SLAVE", Code.UNAVAILABLE, ("master",),
                "this master is not the pool's leader: call the master named (empty: none "
                "is elected yet)"),
@@ -78,6 +81,9 @@ CATALOGUE: dict[str, Reason] = {
                "the call comes from a deposed leader: a newer epoch has been seen"),
         Reason("HYPERVISOR_UNAVAILABLE", Code.UNAVAILABLE, ("host", "detail"),
                "the host's hypervisor connection is down; the slave is re-opening it"),
+        Reason("HOST_FENCED", Code.FAILED_PRECONDITION, ("host",),
+               "the host fenced itself (HA: it lost the leader's acknowledgement) and "
+               "refuses domain operations until the leader acknowledges it again"),
     )
 }
 
@@ -212,12 +218,18 @@ def too_busy(detail: str) -> XcpError:
     return XcpError("TOO_BUSY", detail=detail)
 
 
+def ha_operation_would_break_failover_plan(vm: str) -> XcpError:
+    return XcpError("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN", vm=vm)
 def host_is_slave(master: str) -> XcpError:
     return XcpError("HOST_IS_SLAVE", master=master)
 
 
 def stale_master(epoch: int, seen: int) -> XcpError:
     return XcpError("STALE_MASTER", epoch=epoch, seen=seen)
+
+
+def host_fenced(host: str) -> XcpError:
+    return XcpError("HOST_FENCED", host=host)
 
 
 def hypervisor_unavailable(host: str, detail: str) -> XcpError:

@@ -309,6 +309,10 @@ class SlaveSettings:
                                       "shutdown before it is hard-stopped", metavar="S")
     shutdown_resend: float = setting(5.0, "seconds between two clean shutdown requests to a "
                                      "libvirt guest", metavar="S")
+    fence_after: float = setting(10.0, "with HA enabled: seconds without the leader's "
+                                 "acknowledgement before this host fences itself (destroys "
+                                 "every domain); the master raises one not above its "
+                                 "dead_after + 3 PING intervals", metavar="S")
     watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
                                    "(slave/watchdog.py)", metavar="PATH")
 
@@ -332,4 +336,5 @@ class SlaveSettings:
                                 f"got {self.libvirt_domain_type!r}")
         _positive("shutdown_timeout", self.shutdown_timeout)
         _positive("shutdown_resend", self.shutdown_resend)
+        _positive("fence_after", self.fence_after)
         return self

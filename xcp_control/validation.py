@@ -64,6 +64,17 @@ def other_config(field: str, value: Mapping[str, str]) -> dict[str, str]:
     return dict(value)
 
 
+MAX_RESTART_ORDER = 1 << 31
+
+
+def ha_restart_priority(field: str, value: int) -> int:
+    if value not in datamodel_pb2.HaRestartPriority.values():
+        raise invalid(field, value)
+    return value
+
+
+def ha_restart_order(field: str, value: int) -> int:
+    return count(field, value, -MAX_RESTART_ORDER, MAX_RESTART_ORDER)
 class Boot(NamedTuple):
     """A VM's direct kernel boot: pv_kernel, pv_ramdisk, pv_args."""
 

@@ -4,6 +4,7 @@ security options. No network."""
 
 from __future__ import annotations
 
+import re
 import io
 import json
 from types import SimpleNamespace
@@ -68,12 +69,20 @@ def test_command_arguments():
     a = parse("watch", "--class", "host,vm", "--class", "host_metrics", "--token", "t.1",
               "--count", "3")
     assert a.classes == [["host", "vm"], ["host_metrics"]] and a.token == "t.1" and a.count == 3
+    a = parse("vm-set", VM1, "--ha-restart-priority", "best-effort", "--ha-restart-order", "-2")
+    assert (a.ha_restart_priority, a.ha_restart_order) == (dm.BEST_EFFORT, -2)
+    assert parse("vm-set", VM1, "--ha-restart-priority", "none").ha_restart_priority == 0
+    assert parse("vm-set", VM1).ha_restart_priority is None
+    assert parse("pool-ha-enable").failures == 0
+    assert parse("pool-ha-enable", "--failures", "2").failures == 2
 
 
 @pytest.mark.parametrize("argv", [
     [], ["no-such-command"], ["vm-get"], ["vm-create"], ["vm-create", "w", "--memory", "lots"],
     ["vm-create", "w", "--vcpus", "0"], ["vm-list", "--power-state", "sleeping"],
-    ["watch", "--class", "pool"], ["host-list", "--timeout", "0"],
+    ["watch", "--class", "pond"], ["host-list", "--timeout", "0"],
+    ["vm-set", "w", "--ha-restart-priority", "always"], ["vm-set", "w", "--ha-restart-order", "x"],
+    ["pool-ha-enable", "--failures", "-1"],
     ["host-list", "--master", "no-port"], ["vm-create", "w", "--other-config", "novalue"],
     ["host-list", "extra"],
 ])
@@ -87,7 +96,8 @@ def test_every_design_rpc_has_a_command():
     assert names == {"host-list", "host-get", "host-metrics", "host-disable", "host-enable",
                      "host-declare-dead", "host-forget", "vm-create", "vm-get", "vm-list",
                      "vm-destroy", "vm-start", "vm-shutdown", "vm-reboot", "vm-pause",
-                     "vm-unpause", "watch", "top"}
+                     "vm-unpause", "watch", "top", "vm-set", "pool-get", "pool-ha-enable",
+                     "pool-ha-disable"}
     offline = {c.name for c in app.COMMANDS if c.offline}
     assert offline == {"pool-init", "cert-issue", "token-issue"}
 
@@ -105,7 +115,8 @@ class FakeConnection(client.Connection):
         names = {"hosts": ["ListHosts", "GetHost", "GetHostMetrics", "DisableHost",
                            "EnableHost", "DeclareDead", "ForgetHost"],
                  "vms": ["CreateVM", "GetVM", "ListVMs", "DestroyVM", "StartVM", "ShutdownVM",
-                         "RebootVM", "PauseVM", "UnpauseVM"]}
+                         "RebootVM", "PauseVM", "UnpauseVM", "UpdateVM"],
+                 "pools": ["GetPool", "SetHaConfig"]}
         for stub, methods in names.items():
             setattr(self, stub, SimpleNamespace(**{m: m for m in methods}))
 
@@ -155,6 +166,40 @@ def test_names_resolve_to_uuids():
     assert text.strip() == f"{VM1} (web1) PAUSED on host2"
 
 
+def test_vm_set_sends_only_the_flags_given():
+    answers = {"ListVMs": vs.ListVMsResponse(vms=[vm(dm.HALTED, "")]),
+               "UpdateVM": lambda r: r.vm}
+    conn, text = run(["vm-set", "web1", "--ha-restart-priority", "restart"], answers)
+    method, request, _ = conn.requests[-1]
+    assert method == "UpdateVM" and request.vm.uuid == VM1
+    assert list(request.update_mask.paths) == ["ha_restart_priority"]
+    assert request.vm.ha_restart_priority == dm.RESTART and "RESTART" in text
+    conn, _ = run(["vm-set", "web1", "--ha-restart-order", "3", "--ha-restart-priority", "none"],
+                  answers)
+    request = conn.requests[-1][1]
+    assert list(request.update_mask.paths) == ["ha_restart_priority", "ha_restart_order"]
+    assert (request.vm.ha_restart_priority, request.vm.ha_restart_order) == (0, 3)
+    with pytest.raises(CliError) as caught:
+        run(["vm-set", "web1"], answers)
+    assert caught.value.code == 2
+
+
+def test_pool_ha_commands():
+    pool = dm.Pool(uuid="db", ha_enabled=True, ha_host_failures_to_tolerate=2)
+    answers = {"GetPool": pool,
+               "SetHaConfig": lambda r: dm.Pool(uuid="db", ha_enabled=r.enabled,
+                                                ha_host_failures_to_tolerate=r.host_failures_to_tolerate)}
+    conn, text = run(["pool-ha-enable", "--failures", "1"], answers)
+    assert conn.requests[-1][0] == "SetHaConfig"
+    assert (conn.requests[-1][1].enabled, conn.requests[-1][1].host_failures_to_tolerate) == (True, 1)
+    assert "ha_enabled" in text
+    conn, _ = run(["pool-ha-disable"], answers)  # keeps the stored failures to tolerate
+    request = conn.requests[-1][1]
+    assert (request.enabled, request.host_failures_to_tolerate) == (False, 2)
+    _, text = run(["pool-get", "--json"], answers)
+    assert json.loads(text)["ha_host_failures_to_tolerate"] in ("2", 2)
+
+
 def test_unknown_or_ambiguous_names():
     answers = {"ListVMs": vs.ListVMsResponse(vms=[vm(), vm()]), "ListHosts": listing()}
     with pytest.raises(CliError) as caught:
@@ -169,7 +214,7 @@ def test_uuids_are_used_as_given_without_a_lookup():
     conn, text = run(["vm-get", VM1.upper()], {"GetVM": vm()})
     assert [m for m, _, _ in conn.requests] == ["GetVM"]
     assert conn.requests[0][1].uuid == VM1
-    assert f"uuid         : {VM1}" in text
+    assert re.search(rf"^uuid +: {VM1}$", text, re.M)  # aligned to the longest field name
 
 
 def test_vm_create_prints_the_uuid_alone():

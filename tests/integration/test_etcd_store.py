@@ -83,10 +83,16 @@ def test_commits_are_fenced_and_followed(etcd):
                 await leader.put(_vm(UUIDS[7], "stale"))
             assert deposed.value.reason == "HOST_IS_SLAVE"
             assert leader.get("vm", UUIDS[7]).name_label == "vm"
+            # The pool object (HA settings, pool_ha.py) is a class like the others.
+            await leader.client.txn([], [ec.delete_op(leader.keys.leader)])
+            epoch["value"] = await _elect(leader.client, leader.keys.leader)
+            await leader.put(dm.Pool(uuid=leader.db_id, ha_enabled=True,
+                                     ha_host_failures_to_tolerate=1))
             # A third master loads it all, paged.
             late = await EtcdStore(ec.EtcdClient(etcd.urls), "/t", fence).open()
             assert len(late.list("vm")) == 299 and late.generation >= leader.generation
             assert late.find("vm", "power_state", dm.HALTED)
+            assert late.get("pool", late.db_id).ha_host_failures_to_tolerate == 1
             await late.close()
         finally:
             await leader.close()

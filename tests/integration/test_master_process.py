@@ -148,7 +148,7 @@ def test_watch_bad_requests_are_catalogued(channel):
     s = stubs(channel)
     for request, reason in ((ev.WatchRequest(token="garbage"), "INVALID_VALUE"),
                             (ev.WatchRequest(token="otherdb.0"), "EVENTS_LOST"),
-                            (ev.WatchRequest(classes=["pool"]), "INVALID_VALUE")):
+                            (ev.WatchRequest(classes=["pond"]), "INVALID_VALUE")):
         with pytest.raises(grpc.RpcError) as caught:
             list(s.events.Watch(request, timeout=T))
         assert catalogued(caught.value).reason == reason

@@ -279,8 +279,8 @@ def test_token_older_than_the_log_is_events_lost(tmp_path):
 def test_unknown_class_is_invalid_value(tmp_path):
     async def body(store, hub):
         with pytest.raises(XcpError) as caught:
-            await anext(hub.watch(["vm", "pool"], ""))
-        assert caught.value.params == {"field": "classes", "value": "pool"}
+            await anext(hub.watch(["vm", "pond"], ""))
+        assert caught.value.params == {"field": "classes", "value": "pond"}
     run(body, tmp_path)
 
 

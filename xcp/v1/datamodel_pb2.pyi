@@ -17,11 +17,20 @@ class PowerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUNNING: _ClassVar[PowerState]
     PAUSED: _ClassVar[PowerState]
     SUSPENDED: _ClassVar[PowerState]
+
+class HaRestartPriority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HA_RESTART_PRIORITY_UNSPECIFIED: _ClassVar[HaRestartPriority]
+    RESTART: _ClassVar[HaRestartPriority]
+    BEST_EFFORT: _ClassVar[HaRestartPriority]
 POWER_STATE_UNSPECIFIED: PowerState
 HALTED: PowerState
 RUNNING: PowerState
 PAUSED: PowerState
 SUSPENDED: PowerState
+HA_RESTART_PRIORITY_UNSPECIFIED: HaRestartPriority
+RESTART: HaRestartPriority
+BEST_EFFORT: HaRestartPriority
 
 class Host(_message.Message):
     __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config")
@@ -63,7 +72,7 @@ class HostMetrics(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., host: _Optional[str] = ..., live: _Optional[bool] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ...) -> None: ...
 
 class VM(_message.Message):
-    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config", "pv_kernel", "pv_ramdisk", "pv_args")
+    __slots__ = ("uuid", "name_label", "power_state", "resident_on", "affinity", "memory", "vcpus", "other_config", "ha_restart_priority", "ha_restart_order", "ha_restart_pending", "pv_kernel", "pv_ramdisk", "pv_args")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +88,9 @@ class VM(_message.Message):
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HA_RESTART_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    HA_RESTART_ORDER_FIELD_NUMBER: _ClassVar[int]
+    HA_RESTART_PENDING_FIELD_NUMBER: _ClassVar[int]
     PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
     PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
     PV_ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -90,10 +102,13 @@ class VM(_message.Message):
     memory: int
     vcpus: int
     other_config: _containers.ScalarMap[str, str]
+    ha_restart_priority: HaRestartPriority
+    ha_restart_order: int
+    ha_restart_pending: bool
     pv_kernel: str
     pv_ramdisk: str
     pv_args: str
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., ha_restart_priority: _Optional[_Union[HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ..., ha_restart_pending: _Optional[bool] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class Pool(_message.Message):
     __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xcp/v1/errors.proto\x12\x06xcp.v1*\xe0\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cHOST_OFFLINE\x10\x01\x12\x17\n\x13\x43\x41NNOT_CONTACT_HOST\x10\x02\x12\x17\n\x13OPERATION_TIMED_OUT\x10\x03\x12\x12\n\x0eHANDLE_INVALID\x10\x04\x12\x11\n\rINVALID_VALUE\x10\x05\x12\x16\n\x12VM_BAD_POWER_STATE\x10\x06\x12\x11\n\rHOST_DISABLED\x10\x07\x12\x1f\n\x1bHOST_NOT_ENOUGH_FREE_MEMORY\x10\x08\x12\x16\n\x12NO_HOSTS_AVAILABLE\x10\t\x12\x1f\n\x1bOTHER_OPERATION_IN_PROGRESS\x10\n\x12\x12\n\x0eINTERNAL_ERROR\x10\x0b\x12\x0f\n\x0b\x45VENTS_LOST\x10\x0c\x12\x10\n\x0cHOST_IS_LIVE\x10\r\x12!\n\x1dSESSION_AUTHENTICATION_FAILED\x10\x0e\x12\x1a\n\x16RBAC_PERMISSION_DENIED\x10\x0f\x12\x0c\n\x08TOO_BUSY\x10\x10\x12\x11\n\rHOST_IS_SLAVE\x10\x11\x12\x10\n\x0cSTALE_MASTER\x10\x12\x12\x1a\n\x16HYPERVISOR_UNAVAILABLE\x10\x13\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xcp/v1/errors.proto\x12\x06xcp.v1*\x9d\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cHOST_OFFLINE\x10\x01\x12\x17\n\x13\x43\x41NNOT_CONTACT_HOST\x10\x02\x12\x17\n\x13OPERATION_TIMED_OUT\x10\x03\x12\x12\n\x0eHANDLE_INVALID\x10\x04\x12\x11\n\rINVALID_VALUE\x10\x05\x12\x16\n\x12VM_BAD_POWER_STATE\x10\x06\x12\x11\n\rHOST_DISABLED\x10\x07\x12\x1f\n\x1bHOST_NOT_ENOUGH_FREE_MEMORY\x10\x08\x12\x16\n\x12NO_HOSTS_AVAILABLE\x10\t\x12\x1f\n\x1bOTHER_OPERATION_IN_PROGRESS\x10\n\x12\x12\n\x0eINTERNAL_ERROR\x10\x0b\x12\x0f\n\x0b\x45VENTS_LOST\x10\x0c\x12\x10\n\x0cHOST_IS_LIVE\x10\r\x12!\n\x1dSESSION_AUTHENTICATION_FAILED\x10\x0e\x12\x1a\n\x16RBAC_PERMISSION_DENIED\x10\x0f\x12\x0c\n\x08TOO_BUSY\x10\x10\x12*\n&HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN\x10\x1e\x12\x11\n\rHOST_IS_SLAVE\x10\x11\x12\x10\n\x0cSTALE_MASTER\x10\x12\x12\x1a\n\x16HYPERVISOR_UNAVAILABLE\x10\x13\x12\x0f\n\x0bHOST_FENCED\x10\x1f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xcp.v1.errors_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=32
-  _globals['_ERRORREASON']._serialized_end=512
+  _globals['_ERRORREASON']._serialized_end=573
 # @@protoc_insertion_point(module_scope)

@@ -23,9 +23,11 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_AUTHENTICATION_FAILED: _ClassVar[ErrorReason]
     RBAC_PERMISSION_DENIED: _ClassVar[ErrorReason]
     TOO_BUSY: _ClassVar[ErrorReason]
+    HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: _ClassVar[ErrorReason]
     HOST_IS_SLAVE: _ClassVar[ErrorReason]
     STALE_MASTER: _ClassVar[ErrorReason]
     HYPERVISOR_UNAVAILABLE: _ClassVar[ErrorReason]
+    HOST_FENCED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 HOST_OFFLINE: ErrorReason
 CANNOT_CONTACT_HOST: ErrorReason
@@ -43,6 +45,8 @@ HOST_IS_LIVE: ErrorReason
 SESSION_AUTHENTICATION_FAILED: ErrorReason
 RBAC_PERMISSION_DENIED: ErrorReason
 TOO_BUSY: ErrorReason
+HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: ErrorReason
 HOST_IS_SLAVE: ErrorReason
 STALE_MASTER: ErrorReason
 HYPERVISOR_UNAVAILABLE: ErrorReason
+HOST_FENCED: ErrorReason

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from xcp.v1 import datamodel_pb2 as xcp_dot_v1_dot_datamodel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axcp/v1/event_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\".\n\x0cWatchRequest\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xbf\x01\n\x05\x45vent\x12\r\n\x05token\x18\x01 \x01(\t\x12\x16\n\x02op\x18\x02 \x01(\x0e\x32\n.xcp.v1.Op\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x1c\n\x04host\x18\n \x01(\x0b\x32\x0c.xcp.v1.HostH\x00\x12+\n\x0chost_metrics\x18\x0b \x01(\x0b\x32\x13.xcp.v1.HostMetricsH\x00\x12\x18\n\x02vm\x18\x0c \x01(\x0b\x32\n.xcp.v1.VMH\x00\x42\x08\n\x06object*=\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x44\x44\x10\x01\x12\x07\n\x03MOD\x10\x02\x12\x07\n\x03\x44\x45L\x10\x03\x12\x08\n\x04SYNC\x10\x04\x32>\n\x0c\x45ventService\x12.\n\x05Watch\x12\x14.xcp.v1.WatchRequest\x1a\r.xcp.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axcp/v1/event_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\".\n\x0cWatchRequest\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xdd\x01\n\x05\x45vent\x12\r\n\x05token\x18\x01 \x01(\t\x12\x16\n\x02op\x18\x02 \x01(\x0e\x32\n.xcp.v1.Op\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x1c\n\x04host\x18\n \x01(\x0b\x32\x0c.xcp.v1.HostH\x00\x12+\n\x0chost_metrics\x18\x0b \x01(\x0b\x32\x13.xcp.v1.HostMetricsH\x00\x12\x18\n\x02vm\x18\x0c \x01(\x0b\x32\n.xcp.v1.VMH\x00\x12\x1c\n\x04pool\x18\r \x01(\x0b\x32\x0c.xcp.v1.PoolH\x00\x42\x08\n\x06object*=\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x44\x44\x10\x01\x12\x07\n\x03MOD\x10\x02\x12\x07\n\x03\x44\x45L\x10\x03\x12\x08\n\x04SYNC\x10\x04\x32>\n\x0c\x45ventService\x12.\n\x05Watch\x12\x14.xcp.v1.WatchRequest\x1a\r.xcp.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xcp.v1.event_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OP']._serialized_start=304
-  _globals['_OP']._serialized_end=365
+  _globals['_OP']._serialized_start=334
+  _globals['_OP']._serialized_end=395
   _globals['_WATCHREQUEST']._serialized_start=62
   _globals['_WATCHREQUEST']._serialized_end=108
   _globals['_EVENT']._serialized_start=111
-  _globals['_EVENT']._serialized_end=302
-  _globals['_EVENTSERVICE']._serialized_start=367
-  _globals['_EVENTSERVICE']._serialized_end=429
+  _globals['_EVENT']._serialized_end=332
+  _globals['_EVENTSERVICE']._serialized_start=397
+  _globals['_EVENTSERVICE']._serialized_end=459
 # @@protoc_insertion_point(module_scope)

@@ -30,7 +30,7 @@ class WatchRequest(_message.Message):
     def __init__(self, classes: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("token", "op", "class_name", "uuid", "host", "host_metrics", "vm")
+    __slots__ = ("token", "op", "class_name", "uuid", "host", "host_metrics", "vm", "pool")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Event(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     HOST_METRICS_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     token: str
     op: Op
     class_name: str
@@ -45,4 +46,5 @@ class Event(_message.Message):
     host: _datamodel_pb2.Host
     host_metrics: _datamodel_pb2.HostMetrics
     vm: _datamodel_pb2.VM
-    def __init__(self, token: _Optional[str] = ..., op: _Optional[_Union[Op, str]] = ..., class_name: _Optional[str] = ..., uuid: _Optional[str] = ..., host: _Optional[_Union[_datamodel_pb2.Host, _Mapping]] = ..., host_metrics: _Optional[_Union[_datamodel_pb2.HostMetrics, _Mapping]] = ..., vm: _Optional[_Union[_datamodel_pb2.VM, _Mapping]] = ...) -> None: ...
+    pool: _datamodel_pb2.Pool
+    def __init__(self, token: _Optional[str] = ..., op: _Optional[_Union[Op, str]] = ..., class_name: _Optional[str] = ..., uuid: _Optional[str] = ..., host: _Optional[_Union[_datamodel_pb2.Host, _Mapping]] = ..., host_metrics: _Optional[_Union[_datamodel_pb2.HostMetrics, _Mapping]] = ..., vm: _Optional[_Union[_datamodel_pb2.VM, _Mapping]] = ..., pool: _Optional[_Union[_datamodel_pb2.Pool, _Mapping]] = ...) -> None: ...

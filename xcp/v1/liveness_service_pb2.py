@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xcp.v1 import slave_service_pb2 as xcp_dot_v1_dot_slave__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dxcp/v1/liveness_service.proto\x12\x06xcp.v1\x1a\x1axcp/v1/slave_service.proto\"|\n\x10HeartbeatRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.xcp.v1.HelloH\x00\x12\x1c\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x0c.xcp.v1.BeatH\x00\x12\"\n\x07goodbye\x18\x03 \x01(\x0b\x32\x0f.xcp.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\xd4\x01\n\x05Hello\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x05 \x01(\x03\x12\x1f\n\x07\x64omains\x18\x06 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x16\n\x0e\x64omains_digest\x18\x07 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x08 \x01(\x08\x12\x1e\n\x16hypervisor_unavailable\x18\t \x01(\x08\"\x9b\x01\n\x04\x42\x65\x61t\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bmemory_free\x18\x02 \x01(\x03\x12\x16\n\x0e\x64omains_digest\x18\x03 \x01(\t\x12\x18\n\x10\x64omains_included\x18\x04 \x01(\x08\x12\x1f\n\x07\x64omains\x18\x05 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x1e\n\x16hypervisor_unavailable\x18\x06 \x01(\x08\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"~\n\x11HeartbeatResponse\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64omains_ack\x18\x02 \x01(\t\x12\x14\n\x0csend_domains\x18\x03 \x01(\x08\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x32W\n\x0fLivenessService\x12\x44\n\tHeartbeat\x12\x18.xcp.v1.HeartbeatRequest\x1a\x19.xcp.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dxcp/v1/liveness_service.proto\x12\x06xcp.v1\x1a\x1axcp/v1/slave_service.proto\"|\n\x10HeartbeatRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.xcp.v1.HelloH\x00\x12\x1c\n\x04\x62\x65\x61t\x18\x02 \x01(\x0b\x32\x0c.xcp.v1.BeatH\x00\x12\"\n\x07goodbye\x18\x03 \x01(\x0b\x32\x0f.xcp.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\xec\x01\n\x05Hello\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x14\n\x0cmemory_total\x18\x04 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x05 \x01(\x03\x12\x1f\n\x07\x64omains\x18\x06 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x16\n\x0e\x64omains_digest\x18\x07 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x08 \x01(\x08\x12\x1e\n\x16hypervisor_unavailable\x18\t \x01(\x08\x12\x16\n\x0e\x66\x65nce_after_ms\x18\n \x01(\x03\"\x9b\x01\n\x04\x42\x65\x61t\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0bmemory_free\x18\x02 \x01(\x03\x12\x16\n\x0e\x64omains_digest\x18\x03 \x01(\t\x12\x18\n\x10\x64omains_included\x18\x04 \x01(\x08\x12\x1f\n\x07\x64omains\x18\x05 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x1e\n\x16hypervisor_unavailable\x18\x06 \x01(\x08\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf5\x01\n\x11HeartbeatResponse\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x64omains_ack\x18\x02 \x01(\t\x12\x14\n\x0csend_domains\x18\x03 \x01(\x08\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x11\n\tha_config\x18\x06 \x01(\x08\x12\x12\n\nha_enabled\x18\x07 \x01(\x08\x12\x16\n\x0e\x66\x65nce_after_ms\x18\x08 \x01(\x03\x12\x17\n\x0f\x64\x65tect_bound_ms\x18\t \x01(\x03\x12\x1d\n\x05peers\x18\n \x03(\x0b\x32\x0e.xcp.v1.HaPeer\",\n\x06HaPeer\x12\x11\n\thost_uuid\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t2W\n\x0fLivenessService\x12\x44\n\tHeartbeat\x12\x18.xcp.v1.HeartbeatRequest\x1a\x19.xcp.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_start=69
   _globals['_HEARTBEATREQUEST']._serialized_end=193
   _globals['_HELLO']._serialized_start=196
-  _globals['_HELLO']._serialized_end=408
-  _globals['_BEAT']._serialized_start=411
-  _globals['_BEAT']._serialized_end=566
-  _globals['_GOODBYE']._serialized_start=568
-  _globals['_GOODBYE']._serialized_end=593
-  _globals['_HEARTBEATRESPONSE']._serialized_start=595
-  _globals['_HEARTBEATRESPONSE']._serialized_end=721
-  _globals['_LIVENESSSERVICE']._serialized_start=723
-  _globals['_LIVENESSSERVICE']._serialized_end=810
+  _globals['_HELLO']._serialized_end=432
+  _globals['_BEAT']._serialized_start=435
+  _globals['_BEAT']._serialized_end=590
+  _globals['_GOODBYE']._serialized_start=592
+  _globals['_GOODBYE']._serialized_end=617
+  _globals['_HEARTBEATRESPONSE']._serialized_start=620
+  _globals['_HEARTBEATRESPONSE']._serialized_end=865
+  _globals['_HAPEER']._serialized_start=867
+  _globals['_HAPEER']._serialized_end=911
+  _globals['_LIVENESSSERVICE']._serialized_start=913
+  _globals['_LIVENESSSERVICE']._serialized_end=1000
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., beat: _Optional[_Union[Beat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable")
+    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable", "fence_after_ms")
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Hello(_message.Message):
     DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     host_uuid: str
     name_label: str
     address: str
@@ -37,7 +38,8 @@ class Hello(_message.Message):
     domains_digest: str
     enabled: bool
     hypervisor_unavailable: bool
-    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ...) -> None: ...
+    fence_after_ms: int
+    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ...) -> None: ...
 
 class Beat(_message.Message):
     __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains", "hypervisor_unavailable")
@@ -62,15 +64,33 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch")
+    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch", "ha_config", "ha_enabled", "fence_after_ms", "detect_bound_ms", "peers")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_ACK_FIELD_NUMBER: _ClassVar[int]
     SEND_DOMAINS_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HA_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    DETECT_BOUND_MS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     interval_ms: int
     domains_ack: str
     send_domains: bool
     report_interval_ms: int
     epoch: int
-    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    ha_config: bool
+    ha_enabled: bool
+    fence_after_ms: int
+    detect_bound_ms: int
+    peers: _containers.RepeatedCompositeFieldContainer[HaPeer]
+    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., ha_config: _Optional[bool] = ..., ha_enabled: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., detect_bound_ms: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[HaPeer, _Mapping]]] = ...) -> None: ...
+
+class HaPeer(_message.Message):
+    __slots__ = ("host_uuid", "address")
+    HOST_UUID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    host_uuid: str
+    address: str
+    def __init__(self, host_uuid: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xcp.v1 import datamodel_pb2 as xcp_dot_v1_dot_datamodel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xcp/v1/pool_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\"\x10\n\x0eGetPoolRequest2>\n\x0bPoolService\x12/\n\x07GetPool\x12\x16.xcp.v1.GetPoolRequest\x1a\x0c.xcp.v1.Poolb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xcp/v1/pool_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\"\x10\n\x0eGetPoolRequest\"H\n\x12SetHaConfigRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12!\n\x19host_failures_to_tolerate\x18\x02 \x01(\x03\x32w\n\x0bPoolService\x12/\n\x07GetPool\x12\x16.xcp.v1.GetPoolRequest\x1a\x0c.xcp.v1.Pool\x12\x37\n\x0bSetHaConfig\x12\x1a.xcp.v1.SetHaConfigRequest\x1a\x0c.xcp.v1.Poolb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETPOOLREQUEST']._serialized_start=61
   _globals['_GETPOOLREQUEST']._serialized_end=77
-  _globals['_POOLSERVICE']._serialized_start=79
-  _globals['_POOLSERVICE']._serialized_end=141
+  _globals['_SETHACONFIGREQUEST']._serialized_start=79
+  _globals['_SETHACONFIGREQUEST']._serialized_end=151
+  _globals['_POOLSERVICE']._serialized_start=153
+  _globals['_POOLSERVICE']._serialized_end=272
 # @@protoc_insertion_point(module_scope)

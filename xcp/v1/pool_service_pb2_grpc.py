@@ -42,6 +42,11 @@ class PoolServiceStub:
                 request_serializer=xcp_dot_v1_dot_pool__service__pb2.GetPoolRequest.SerializeToString,
                 response_deserializer=xcp_dot_v1_dot_datamodel__pb2.Pool.FromString,
                 _registered_method=True)
+        self.SetHaConfig = channel.unary_unary(
+                '/xcp.v1.PoolService/SetHaConfig',
+                request_serializer=xcp_dot_v1_dot_pool__service__pb2.SetHaConfigRequest.SerializeToString,
+                response_deserializer=xcp_dot_v1_dot_datamodel__pb2.Pool.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -56,12 +61,26 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHaConfig(self, request, context):
+        """Turn HA (VM restart after a host failure) on or off and set how many host
+        failures the plan must survive; durable before it answers; the leader's.
+        Answers the pool as GetPool would after the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetPool': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPool,
                     request_deserializer=xcp_dot_v1_dot_pool__service__pb2.GetPoolRequest.FromString,
+                    response_serializer=xcp_dot_v1_dot_datamodel__pb2.Pool.SerializeToString,
+            ),
+            'SetHaConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHaConfig,
+                    request_deserializer=xcp_dot_v1_dot_pool__service__pb2.SetHaConfigRequest.FromString,
                     response_serializer=xcp_dot_v1_dot_datamodel__pb2.Pool.SerializeToString,
             ),
     }
@@ -93,6 +112,33 @@ class PoolService:
             target,
             '/xcp.v1.PoolService/GetPool',
             xcp_dot_v1_dot_pool__service__pb2.GetPoolRequest.SerializeToString,
+            xcp_dot_v1_dot_datamodel__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHaConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xcp.v1.PoolService/SetHaConfig',
+            xcp_dot_v1_dot_pool__service__pb2.SetHaConfigRequest.SerializeToString,
             xcp_dot_v1_dot_datamodel__pb2.Pool.FromString,
             options,
             channel_credentials,

@@ -7,6 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PeerStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PeerStatusResponse(_message.Message):
+    __slots__ = ("hears_leader",)
+    HEARS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    hears_leader: bool
+    def __init__(self, hears_leader: _Optional[bool] = ...) -> None: ...
+
 class Domain(_message.Message):
     __slots__ = ("vm_uuid", "state", "memory", "vcpus")
     VM_UUID_FIELD_NUMBER: _ClassVar[int]

@@ -77,6 +77,11 @@ class SlaveServiceStub:
                 request_serializer=xcp_dot_v1_dot_slave__service__pb2.SetEnabledRequest.SerializeToString,
                 response_deserializer=xcp_dot_v1_dot_slave__service__pb2.SetEnabledResponse.FromString,
                 _registered_method=True)
+        self.PeerStatus = channel.unary_unary(
+                '/xcp.v1.SlaveService/PeerStatus',
+                request_serializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.SerializeToString,
+                response_deserializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class SlaveServiceServicer:
@@ -141,6 +146,14 @@ class SlaveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeerStatus(self, request, context):
+        """HA's liveset rule: whether this host still hears the leader. Read-only;
+        called by the other hosts (a host certificate), never by the master.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SlaveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +196,11 @@ def add_SlaveServiceServicer_to_server(servicer, server):
                     servicer.SetEnabled,
                     request_deserializer=xcp_dot_v1_dot_slave__service__pb2.SetEnabledRequest.FromString,
                     response_serializer=xcp_dot_v1_dot_slave__service__pb2.SetEnabledResponse.SerializeToString,
+            ),
+            'PeerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeerStatus,
+                    request_deserializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.FromString,
+                    response_serializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +422,33 @@ class SlaveService:
             '/xcp.v1.SlaveService/SetEnabled',
             xcp_dot_v1_dot_slave__service__pb2.SetEnabledRequest.SerializeToString,
             xcp_dot_v1_dot_slave__service__pb2.SetEnabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xcp.v1.SlaveService/PeerStatus',
+            xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.SerializeToString,
+            xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from xcp.v1 import datamodel_pb2 as xcp_dot_v1_dot_datamodel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xcp/v1/vm_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\"\x82\x02\n\x0f\x43reateVMRequest\x12\x12\n\nname_label\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\r\n\x05vcpus\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x66\x66inity\x18\x04 \x01(\t\x12>\n\x0cother_config\x18\x05 \x03(\x0b\x32(.xcp.v1.CreateVMRequest.OtherConfigEntry\x12\x11\n\tpv_kernel\x18\x06 \x01(\t\x12\x12\n\npv_ramdisk\x18\x07 \x01(\t\x12\x0f\n\x07pv_args\x18\x08 \x01(\t\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\x0cGetVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"n\n\x0eListVMsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\'\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"C\n\x0fListVMsResponse\x12\x17\n\x03vms\x18\x01 \x03(\x0b\x32\n.xcp.v1.VM\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x44\x65stroyVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"\x13\n\x11\x44\x65stroyVMResponse\"<\n\x0eStartVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06paused\x18\x03 \x01(\x08\"0\n\x11ShutdownVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\".\n\x0fRebootVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x1e\n\x0ePauseVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\" \n\x10UnpauseVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t2\xdc\x03\n\tVMService\x12/\n\x08\x43reateVM\x12\x17.xcp.v1.CreateVMRequest\x1a\n.xcp.v1.VM\x12)\n\x05GetVM\x12\x14.xcp.v1.GetVMRequest\x1a\n.xcp.v1.VM\x12:\n\x07ListVMs\x12\x16.xcp.v1.ListVMsRequest\x1a\x17.xcp.v1.ListVMsResponse\x12@\n\tDestroyVM\x12\x18.xcp.v1.DestroyVMRequest\x1a\x19.xcp.v1.DestroyVMResponse\x12-\n\x07StartVM\x12\x16.xcp.v1.StartVMRequest\x1a\n.xcp.v1.VM\x12\x33\n\nShutdownVM\x12\x19.xcp.v1.ShutdownVMRequest\x1a\n.xcp.v1.VM\x12/\n\x08RebootVM\x12\x17.xcp.v1.RebootVMRequest\x1a\n.xcp.v1.VM\x12-\n\x07PauseVM\x12\x16.xcp.v1.PauseVMRequest\x1a\n.xcp.v1.VM\x12\x31\n\tUnpauseVM\x12\x18.xcp.v1.UnpauseVMRequest\x1a\n.xcp.v1.VMb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xcp/v1/vm_service.proto\x12\x06xcp.v1\x1a google/protobuf/field_mask.proto\x1a\x16xcp/v1/datamodel.proto\"\xd4\x02\n\x0f\x43reateVMRequest\x12\x12\n\nname_label\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\r\n\x05vcpus\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x66\x66inity\x18\x04 \x01(\t\x12>\n\x0cother_config\x18\x05 \x03(\x0b\x32(.xcp.v1.CreateVMRequest.OtherConfigEntry\x12\x11\n\tpv_kernel\x18\x06 \x01(\t\x12\x12\n\npv_ramdisk\x18\x07 \x01(\t\x12\x0f\n\x07pv_args\x18\x08 \x01(\t\x12\x36\n\x13ha_restart_priority\x18\x14 \x01(\x0e\x32\x19.xcp.v1.HaRestartPriority\x12\x18\n\x10ha_restart_order\x18\x15 \x01(\x03\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x0fUpdateVMRequest\x12\x16\n\x02vm\x18\x01 \x01(\x0b\x32\n.xcp.v1.VM\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x1c\n\x0cGetVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"n\n\x0eListVMsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\'\n\x0bpower_state\x18\x02 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"C\n\x0fListVMsResponse\x12\x17\n\x03vms\x18\x01 \x03(\x0b\x32\n.xcp.v1.VM\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x44\x65stroyVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"\x13\n\x11\x44\x65stroyVMResponse\"<\n\x0eStartVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06paused\x18\x03 \x01(\x08\"0\n\x11ShutdownVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\".\n\x0fRebootVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x1e\n\x0ePauseVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\" \n\x10UnpauseVMRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t2\x8d\x04\n\tVMService\x12/\n\x08\x43reateVM\x12\x17.xcp.v1.CreateVMRequest\x1a\n.xcp.v1.VM\x12)\n\x05GetVM\x12\x14.xcp.v1.GetVMRequest\x1a\n.xcp.v1.VM\x12:\n\x07ListVMs\x12\x16.xcp.v1.ListVMsRequest\x1a\x17.xcp.v1.ListVMsResponse\x12@\n\tDestroyVM\x12\x18.xcp.v1.DestroyVMRequest\x1a\x19.xcp.v1.DestroyVMResponse\x12-\n\x07StartVM\x12\x16.xcp.v1.StartVMRequest\x1a\n.xcp.v1.VM\x12\x33\n\nShutdownVM\x12\x19.xcp.v1.ShutdownVMRequest\x1a\n.xcp.v1.VM\x12/\n\x08RebootVM\x12\x17.xcp.v1.RebootVMRequest\x1a\n.xcp.v1.VM\x12-\n\x07PauseVM\x12\x16.xcp.v1.PauseVMRequest\x1a\n.xcp.v1.VM\x12\x31\n\tUnpauseVM\x12\x18.xcp.v1.UnpauseVMRequest\x1a\n.xcp.v1.VM\x12/\n\x08UpdateVM\x12\x17.xcp.v1.UpdateVMRequest\x1a\n.xcp.v1.VMb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._loaded_options = None
   _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_CREATEVMREQUEST']._serialized_start=60
-  _globals['_CREATEVMREQUEST']._serialized_end=318
-  _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._serialized_start=268
-  _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._serialized_end=318
-  _globals['_GETVMREQUEST']._serialized_start=320
-  _globals['_GETVMREQUEST']._serialized_end=348
-  _globals['_LISTVMSREQUEST']._serialized_start=350
-  _globals['_LISTVMSREQUEST']._serialized_end=460
-  _globals['_LISTVMSRESPONSE']._serialized_start=462
-  _globals['_LISTVMSRESPONSE']._serialized_end=529
-  _globals['_DESTROYVMREQUEST']._serialized_start=531
-  _globals['_DESTROYVMREQUEST']._serialized_end=563
-  _globals['_DESTROYVMRESPONSE']._serialized_start=565
-  _globals['_DESTROYVMRESPONSE']._serialized_end=584
-  _globals['_STARTVMREQUEST']._serialized_start=586
-  _globals['_STARTVMREQUEST']._serialized_end=646
-  _globals['_SHUTDOWNVMREQUEST']._serialized_start=648
-  _globals['_SHUTDOWNVMREQUEST']._serialized_end=696
-  _globals['_REBOOTVMREQUEST']._serialized_start=698
-  _globals['_REBOOTVMREQUEST']._serialized_end=744
-  _globals['_PAUSEVMREQUEST']._serialized_start=746
-  _globals['_PAUSEVMREQUEST']._serialized_end=776
-  _globals['_UNPAUSEVMREQUEST']._serialized_start=778
-  _globals['_UNPAUSEVMREQUEST']._serialized_end=810
-  _globals['_VMSERVICE']._serialized_start=813
-  _globals['_VMSERVICE']._serialized_end=1289
+  _globals['_CREATEVMREQUEST']._serialized_start=94
+  _globals['_CREATEVMREQUEST']._serialized_end=434
+  _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._serialized_start=384
+  _globals['_CREATEVMREQUEST_OTHERCONFIGENTRY']._serialized_end=434
+  _globals['_UPDATEVMREQUEST']._serialized_start=436
+  _globals['_UPDATEVMREQUEST']._serialized_end=526
+  _globals['_GETVMREQUEST']._serialized_start=528
+  _globals['_GETVMREQUEST']._serialized_end=556
+  _globals['_LISTVMSREQUEST']._serialized_start=558
+  _globals['_LISTVMSREQUEST']._serialized_end=668
+  _globals['_LISTVMSRESPONSE']._serialized_start=670
+  _globals['_LISTVMSRESPONSE']._serialized_end=737
+  _globals['_DESTROYVMREQUEST']._serialized_start=739
+  _globals['_DESTROYVMREQUEST']._serialized_end=771
+  _globals['_DESTROYVMRESPONSE']._serialized_start=773
+  _globals['_DESTROYVMRESPONSE']._serialized_end=792
+  _globals['_STARTVMREQUEST']._serialized_start=794
+  _globals['_STARTVMREQUEST']._serialized_end=854
+  _globals['_SHUTDOWNVMREQUEST']._serialized_start=856
+  _globals['_SHUTDOWNVMREQUEST']._serialized_end=904
+  _globals['_REBOOTVMREQUEST']._serialized_start=906
+  _globals['_REBOOTVMREQUEST']._serialized_end=952
+  _globals['_PAUSEVMREQUEST']._serialized_start=954
+  _globals['_PAUSEVMREQUEST']._serialized_end=984
+  _globals['_UNPAUSEVMREQUEST']._serialized_start=986
+  _globals['_UNPAUSEVMREQUEST']._serialized_end=1018
+  _globals['_VMSERVICE']._serialized_start=1021
+  _globals['_VMSERVICE']._serialized_end=1546
 # @@protoc_insertion_point(module_scope)

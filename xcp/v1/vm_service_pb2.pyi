@@ -1,3 +1,4 @@
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from xcp.v1 import datamodel_pb2 as _datamodel_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -8,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateVMRequest(_message.Message):
-    __slots__ = ("name_label", "memory", "vcpus", "affinity", "other_config", "pv_kernel", "pv_ramdisk", "pv_args")
+    __slots__ = ("name_label", "memory", "vcpus", "affinity", "other_config", "pv_kernel", "pv_ramdisk", "pv_args", "ha_restart_priority", "ha_restart_order")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +25,8 @@ class CreateVMRequest(_message.Message):
     PV_KERNEL_FIELD_NUMBER: _ClassVar[int]
     PV_RAMDISK_FIELD_NUMBER: _ClassVar[int]
     PV_ARGS_FIELD_NUMBER: _ClassVar[int]
+    HA_RESTART_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    HA_RESTART_ORDER_FIELD_NUMBER: _ClassVar[int]
     name_label: str
     memory: int
     vcpus: int
@@ -32,7 +35,17 @@ class CreateVMRequest(_message.Message):
     pv_kernel: str
     pv_ramdisk: str
     pv_args: str
-    def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
+    ha_restart_priority: _datamodel_pb2.HaRestartPriority
+    ha_restart_order: int
+    def __init__(self, name_label: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., affinity: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ..., ha_restart_priority: _Optional[_Union[_datamodel_pb2.HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ...) -> None: ...
+
+class UpdateVMRequest(_message.Message):
+    __slots__ = ("vm", "update_mask")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    vm: _datamodel_pb2.VM
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, vm: _Optional[_Union[_datamodel_pb2.VM, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class GetVMRequest(_message.Message):
     __slots__ = ("uuid",)

@@ -83,6 +83,11 @@ class VMServiceStub:
                 request_serializer=xcp_dot_v1_dot_vm__service__pb2.UnpauseVMRequest.SerializeToString,
                 response_deserializer=xcp_dot_v1_dot_datamodel__pb2.VM.FromString,
                 _registered_method=True)
+        self.UpdateVM = channel.unary_unary(
+                '/xcp.v1.VMService/UpdateVM',
+                request_serializer=xcp_dot_v1_dot_vm__service__pb2.UpdateVMRequest.SerializeToString,
+                response_deserializer=xcp_dot_v1_dot_datamodel__pb2.VM.FromString,
+                _registered_method=True)
 
 
 class VMServiceServicer:
@@ -154,6 +159,19 @@ class VMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateVM(self, request, context):
+        """Change fields of a VM (AIP-134): those named in update_mask take the
+        values they have in `vm`; an empty mask means every field set in `vm`.
+        Updatable: name_label, affinity, other_config, ha_restart_priority,
+        ha_restart_order, and, while HALTED, memory and vcpus. Other paths get
+        INVALID_VALUE (field "update_mask"); HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN
+        when protecting the VM would leave the failover plan short of
+        Pool.ha_host_failures_to_tolerate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +218,11 @@ def add_VMServiceServicer_to_server(servicer, server):
             'UnpauseVM': grpc.unary_unary_rpc_method_handler(
                     servicer.UnpauseVM,
                     request_deserializer=xcp_dot_v1_dot_vm__service__pb2.UnpauseVMRequest.FromString,
+                    response_serializer=xcp_dot_v1_dot_datamodel__pb2.VM.SerializeToString,
+            ),
+            'UpdateVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVM,
+                    request_deserializer=xcp_dot_v1_dot_vm__service__pb2.UpdateVMRequest.FromString,
                     response_serializer=xcp_dot_v1_dot_datamodel__pb2.VM.SerializeToString,
             ),
     }
@@ -448,6 +471,33 @@ class VMService:
             target,
             '/xcp.v1.VMService/UnpauseVM',
             xcp_dot_v1_dot_vm__service__pb2.UnpauseVMRequest.SerializeToString,
+            xcp_dot_v1_dot_datamodel__pb2.VM.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xcp.v1.VMService/UpdateVM',
+            xcp_dot_v1_dot_vm__service__pb2.UpdateVMRequest.SerializeToString,
             xcp_dot_v1_dot_datamodel__pb2.VM.FromString,
             options,
             channel_credentials,

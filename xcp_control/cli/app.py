@@ -21,7 +21,8 @@ from xcp_control.cli.commands import (
     Context, cmd_host_declare_dead, cmd_host_disable, cmd_host_enable, cmd_host_forget,
     cmd_host_get, cmd_host_list, cmd_host_metrics, cmd_vm_create, cmd_vm_destroy,
     cmd_vm_get, cmd_vm_list, cmd_vm_pause, cmd_vm_reboot, cmd_vm_shutdown, cmd_vm_start,
-    cmd_vm_unpause, cmd_watch)
+    cmd_vm_unpause, cmd_watch, cmd_pool_get, cmd_pool_ha_enable, cmd_pool_ha_disable,
+    cmd_vm_set)
 from xcp_control.cli.client import (
     EXIT_CODES, INTERRUPTED, OK, USAGE, CliError, Connection, client_credentials)
 from xcp_control.settings import SettingsError, parse_endpoint, parse_size
@@ -29,7 +30,7 @@ from xcp_control.settings import SettingsError, parse_endpoint, parse_size
 DEFAULT_MASTER = "127.0.0.1:7000"
 READ_TIMEOUT = 30.0  # seconds: reads and record changes
 LIFECYCLE_TIMEOUT = 120.0  # seconds: forwarded operations (a clean shutdown may take 60 s)
-WATCH_CLASSES = ("host", "host_metrics", "vm")
+WATCH_CLASSES = ("host", "host_metrics", "vm", "pool")
 POWER_STATES = [n for n in dm.PowerState.keys() if n != "POWER_STATE_UNSPECIFIED"]
 
 
@@ -68,6 +69,31 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+HA_PRIORITIES = {"restart": dm.RESTART, "best-effort": dm.BEST_EFFORT,
+                 "none": dm.HA_RESTART_PRIORITY_UNSPECIFIED}
+
+
+def _ha_priority(text: str) -> int:
+    if text.lower() not in HA_PRIORITIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown HA restart priority {text!r} (one of {', '.join(HA_PRIORITIES)})")
+    return HA_PRIORITIES[text.lower()]
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _failures(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
 
 
 def _power_state(text: str) -> int:
@@ -190,6 +216,21 @@ def _vm_start_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paused", action="store_true", help="leave the VM PAUSED")
 
 
+def _vm_set_args(p: argparse.ArgumentParser) -> None:
+    _vm_arg(p)
+    p.add_argument("--ha-restart-priority", type=_ha_priority, default=None,
+                   metavar="PRIORITY",
+                   help="restart (planned for), best-effort (where room remains) or none")
+    p.add_argument("--ha-restart-order", type=_whole, default=None, metavar="N",
+                   help="RESTART VMs are restarted in increasing order")
+
+
+def _ha_enable_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--failures", type=_failures, default=0, metavar="N",
+                   help="host failures the plan must survive: StartVM and UpdateVM that "
+                        "would lower the plan below it are refused (default 0: no check)")
+
+
 def _force(what: str) -> Callable[[argparse.ArgumentParser], None]:
     def add(p: argparse.ArgumentParser) -> None:
         _vm_arg(p)
@@ -234,6 +275,12 @@ COMMANDS = (
             lifecycle=True, add=_force("reset")),
     Command("vm-pause", "pause a RUNNING VM", cmd_vm_pause, lifecycle=True, add=_vm_arg),
     Command("vm-unpause", "unpause a PAUSED VM", cmd_vm_unpause, lifecycle=True, add=_vm_arg),
+    Command("vm-set", "change a VM's HA settings (UpdateVM)", cmd_vm_set, add=_vm_set_args),
+    Command("pool-get", "show the pool: who leads, HA settings and the failover plan",
+            cmd_pool_get),
+    Command("pool-ha-enable", "restart protected VMs of failed hosts elsewhere",
+            cmd_pool_ha_enable, add=_ha_enable_args),
+    Command("pool-ha-disable", "stop HA: nothing fences or restarts", cmd_pool_ha_disable),
     Command("watch", "print events as they happen (one line each; --json: one object "
                      "per line)", cmd_watch, add=_watch_args),
     Command("top", "a live view of the pool: hosts, live, last report, memory, VMs, recent "

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import grpc
 
 from xcp.v1 import event_service_pb2_grpc, host_service_pb2 as hs, host_service_pb2_grpc
-from xcp.v1 import vm_service_pb2 as vs, vm_service_pb2_grpc
+from xcp.v1 import pool_service_pb2_grpc, vm_service_pb2 as vs, vm_service_pb2_grpc
 from xcp_control.cli.render import error_line
 from xcp_control.rpc import credentials as tls
 from xcp_control.rpc.channels import multi_target
@@ -142,6 +142,7 @@ class Connection:
         self.hosts = host_service_pb2_grpc.HostServiceStub(self.channel)
         self.vms = vm_service_pb2_grpc.VMServiceStub(self.channel)
         self.events = event_service_pb2_grpc.EventServiceStub(self.channel)
+        self.pools = pool_service_pb2_grpc.PoolServiceStub(self.channel)
 
     def _on_state(self, state: grpc.ChannelConnectivity) -> None:
         if state == grpc.ChannelConnectivity.READY:

@@ -13,9 +13,10 @@ import grpc
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import event_service_pb2 as ev
 from xcp.v1 import host_service_pb2 as hs
+from xcp.v1 import pool_service_pb2 as ps
 from xcp.v1 import vm_service_pb2 as vs
 from xcp_control.cli import render
-from xcp_control.cli.client import Connection
+from xcp_control.cli.client import USAGE, CliError, Connection
 
 LIST_PAGE = 5_000  # VMs per ListVMs call (about 0.5 MB)
 
@@ -199,3 +200,43 @@ def cmd_watch(c: Context) -> None:
             signal.signal(sig, handler)
 
 
+
+
+# -- the pool and its HA settings -------------------------------------------------
+
+
+def _show(c: Context, message) -> None:
+    c.out.json(message) if c.out.json_mode else c.out.record(message)
+
+
+def cmd_pool_get(c: Context) -> None:
+    _show(c, c.conn.call(c.conn.pools.GetPool, ps.GetPoolRequest()))
+
+
+def cmd_pool_ha_enable(c: Context) -> None:
+    _show(c, c.conn.call(c.conn.pools.SetHaConfig, ps.SetHaConfigRequest(
+        enabled=True, host_failures_to_tolerate=c.args.failures)))
+
+
+def cmd_pool_ha_disable(c: Context) -> None:
+    # Like xe pool-ha-disable: the failures to tolerate stay for the next enable.
+    pool = c.conn.call(c.conn.pools.GetPool, ps.GetPoolRequest())
+    _show(c, c.conn.call(c.conn.pools.SetHaConfig, ps.SetHaConfigRequest(
+        enabled=False, host_failures_to_tolerate=pool.ha_host_failures_to_tolerate)))
+
+
+def cmd_vm_set(c: Context) -> None:
+    a = c.args
+    vm, mask = dm.VM(uuid=c.conn.vm_uuid(a.vm)), []
+    if a.ha_restart_priority is not None:
+        vm.ha_restart_priority = a.ha_restart_priority
+        mask.append("ha_restart_priority")
+    if a.ha_restart_order is not None:
+        vm.ha_restart_order = a.ha_restart_order
+        mask.append("ha_restart_order")
+    if not mask:
+        raise CliError(USAGE, "error: nothing to set: give --ha-restart-priority "
+                              "and/or --ha-restart-order")
+    request = vs.UpdateVMRequest(vm=vm)
+    request.update_mask.paths.extend(mask)
+    _show(c, c.conn.call(c.conn.vms.UpdateVM, request))

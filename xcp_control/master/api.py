@@ -20,6 +20,7 @@ from xcp_control.master.sessions import HeartbeatSessions
 from xcp_control.master.lifecycle import Lifecycle
 from xcp_control.master.listing import HostListing
 from xcp_control.master.pool import Pool
+from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.store import Change
 from xcp.v1 import (
     event_service_pb2 as ev,
@@ -85,7 +86,12 @@ class VMServicer(vm_service_pb2_grpc.VMServiceServicer):
     async def CreateVM(self, request, context):
         return await self._pool.create_vm(request.name_label, request.memory, request.vcpus,
                                           request.affinity, dict(request.other_config),
+                                          request.ha_restart_priority, request.ha_restart_order,
                                           boot=validation.boot(request))
+
+    @rpc_method
+    async def UpdateVM(self, request, context):
+        return await self._pool.update_vm(request.vm, list(request.update_mask.paths))
 
     @rpc_method
     async def GetVM(self, request, context):
@@ -147,14 +153,25 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
 
 
 class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
-    """GetPool: answered by every master itself (who leads, which masters run)."""
+    """GetPool: answered by every master itself (who leads, which masters run).
+    SetHaConfig: the leader's (routing passes it on), durable before it answers."""
 
-    def __init__(self, describe) -> None:
+    def __init__(self, describe, pool_ha: PoolHa) -> None:
         self._describe = describe
+        self._pool_ha = pool_ha
 
     @rpc_method
     async def GetPool(self, request, context):
         return self._describe()
+
+    @rpc_method
+    async def SetHaConfig(self, request, context):
+        await self._pool_ha.configure(request.enabled, request.host_failures_to_tolerate)
+        return self._describe()
+
+
+_GOODBYE = object()  # outbox markers: the slave said goodbye / half-closed
+_CLIENT_DONE = object()
 
 
 class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
@@ -170,6 +187,7 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
         self._hello_timeout = hello_timeout
         self._streams: dict[str, asyncio.Task] = {}
         self._ending: set[asyncio.Task] = set()  # streams we end (see close)
+        self._outboxes: dict[str, asyncio.Queue] = {}  # host -> its stream's answers
 
     def close(self, host: str) -> None:
         """End the host's stream with HOST_OFFLINE. A cancelled handler alone
@@ -198,29 +216,63 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
             raise validation.invalid("kind", first.WhichOneof("kind") or "empty")
         session, reply = await self._sessions.hello(first.hello)
         self._supersede(session.host)
+        # One queue of answers per stream: the beats' answers (from the reader)
+        # and the HA config pushed when it changes (`push`).
+        outbox: asyncio.Queue = asyncio.Queue()
+        self._outboxes[session.host] = outbox
+        reader = asyncio.ensure_future(self._read(request_iterator, session, outbox))
         goodbye = False
         try:
             yield reply
-            async for message in request_iterator:
-                kind = message.WhichOneof("kind")
-                if kind == "beat":
-                    if (answer := self._sessions.beat(session, message.beat)) is not None:
-                        yield answer
-                elif kind == "goodbye":
-                    goodbye = True
+            while True:
+                item = await outbox.get()
+                if item is _GOODBYE or item is _CLIENT_DONE:
+                    goodbye = item is _GOODBYE
                     break
-                else:
-                    raise validation.invalid("kind", kind or "empty")
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         except asyncio.CancelledError:
             if asyncio.current_task() not in self._ending:
                 raise  # the client went away, or the server is stopping
             asyncio.current_task().uncancel()  # handled: the stream ends with a status
             raise errors.host_offline(session.host) from None
         finally:
+            reader.cancel()
             self._ending.discard(asyncio.current_task())
             self._sessions.end(session, goodbye)
             if self._streams.get(session.host) is asyncio.current_task():
                 del self._streams[session.host]
+                self._outboxes.pop(session.host, None)
+
+    async def _read(self, request_iterator, session, outbox: asyncio.Queue) -> None:
+        """The slave's messages after its Hello, answers into the outbox."""
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("kind")
+                if kind == "beat":
+                    if (answer := self._sessions.beat(session, message.beat)) is not None:
+                        outbox.put_nowait(answer)
+                elif kind == "goodbye":
+                    outbox.put_nowait(_GOODBYE)
+                    return
+                else:
+                    outbox.put_nowait(validation.invalid("kind", kind or "empty"))
+                    return
+            outbox.put_nowait(_CLIENT_DONE)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the stream broke: the handler ends it
+            outbox.put_nowait(exc)
+
+    def push(self, host: str, message) -> None:
+        """Send `message` on the host's open stream (HA config changes)."""
+        outbox = self._outboxes.get(host)
+        if outbox is not None:
+            outbox.put_nowait(message)
+
+    def open_hosts(self) -> list[str]:
+        return list(self._outboxes)
 
     def _supersede(self, host: str) -> None:
         older = self._streams.get(host)

@@ -56,12 +56,17 @@ class Lifecycle:
     # -- VMs -----------------------------------------------------------------
 
     async def start_vm(self, uuid: str, host: str, paused: bool,
-                       budget: float | None) -> dm.VM:
+                       budget: float | None, ha_restart: bool = False) -> dm.VM:
+        """StartVM; `ha_restart` for HA's own restarts, which the failover plan
+        does not check (they are what the plan is for)."""
         op = VmOperation("start", "StartDomain", (dm.HALTED,), "start")
         requested = validation.optional_uuid("host", host)
 
         def forward(vm: dm.VM) -> tuple[str, Message]:
-            return self._place(vm, requested), sl.StartDomainRequest(
+            target = self._place(vm, requested)
+            if self._pool.plan is not None and not ha_restart:
+                self._pool.plan.check_start(vm, target)
+            return target, sl.StartDomainRequest(
                 vm_uuid=vm.uuid, memory=vm.memory, vcpus=vm.vcpus, paused=paused,
                 pv_kernel=vm.pv_kernel, pv_ramdisk=vm.pv_ramdisk, pv_args=vm.pv_args)
 

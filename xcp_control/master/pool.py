@@ -8,6 +8,7 @@ import uuid as uuid_module
 from typing import Callable
 
 from xcp_control import validation
+from xcp_control.master import vm_update
 from xcp_control import errors
 from xcp_control.errors import XcpError
 from xcp_control.model import halted, state_name
@@ -15,10 +16,20 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.store import Delete, Put, Store
+from xcp_control.master.pool_ha import PoolHa
 from xcp.v1 import datamodel_pb2 as dm
 
 HALTED = dm.HALTED
 ForgetListener = Callable[[str], None]
+
+
+def halted_after_failure(vm: dm.VM, ha: bool) -> dm.VM:
+    """A VM of a failed host, HALTED; marked for HA's restart when HA is on
+    and it is protected and was running (ha_restart.py restarts it)."""
+    out = halted(vm)
+    if ha and vm.power_state in (dm.RUNNING, dm.PAUSED) and vm.ha_restart_priority:
+        out.ha_restart_pending = True
+    return out
 
 
 def bad_power_state(vm: dm.VM, expected: str) -> XcpError:
@@ -29,11 +40,12 @@ class Pool:
     """Hosts and VMs as the master's database holds them."""
 
     def __init__(self, store: Store, liveness: Liveness, mirror: MetricsMirror,
-                 locks: OperationLocks) -> None:
+                 locks: OperationLocks, plan: PoolHa | None = None) -> None:
         self.store = store
         self.liveness = liveness
         self.mirror = mirror
         self.locks = locks
+        self.plan = plan  # the HA failover plan's checks (None: none)
         self._forget_listeners: list[ForgetListener] = []
 
     def add_forget_listener(self, listener: ForgetListener) -> None:
@@ -77,7 +89,9 @@ class Pool:
         with self.locks.hold("host", host.uuid, "declare_dead"):
             self.liveness.mark_down(host.uuid)
             vms = self.store.find("vm", "resident_on", host.uuid)
-            await self.store.commit([Put(halted(vm)) for vm in vms])
+            # With HA: the operator asserts the fence; protected VMs restart elsewhere.
+            ha = self.plan is not None and self.plan.enabled
+            await self.store.commit([Put(halted_after_failure(vm, ha)) for vm in vms])
         return host
 
     # -- VMs -----------------------------------------------------------------
@@ -115,7 +129,8 @@ class Pool:
         return sorted(vms, key=lambda vm: vm.uuid)
 
     async def create_vm(self, name_label: str, memory: int, vcpus: int, affinity: str,
-                        other_config: dict[str, str],
+                        other_config: dict[str, str], ha_restart_priority: int = 0,
+                        ha_restart_order: int = 0,
                         boot: validation.Boot = validation.NO_BOOT) -> dm.VM:
         vm = dm.VM(
             uuid=str(uuid_module.uuid4()),
@@ -125,11 +140,27 @@ class Pool:
             vcpus=validation.count("vcpus", vcpus, 1, validation.MAX_VCPUS),
             affinity=validation.optional_uuid("affinity", affinity),
             other_config=validation.other_config("other_config", other_config),
+            ha_restart_priority=validation.ha_restart_priority("ha_restart_priority",
+                                                               ha_restart_priority),
+            ha_restart_order=validation.ha_restart_order("ha_restart_order", ha_restart_order),
             pv_kernel=boot.kernel, pv_ramdisk=boot.ramdisk, pv_args=boot.args)
         if vm.affinity:
             self.host(vm.affinity)
         await self.store.put(vm)
         return vm
+
+    async def update_vm(self, new: dm.VM, mask: list[str]) -> dm.VM:
+        """UpdateVM: the fields in `mask` (all set ones when empty) from `new`."""
+        paths = vm_update.paths_of(new, mask)
+        vm = self.vm(new.uuid)
+        with self.locks.hold("vm", vm.uuid, "update"):
+            out = vm_update.updated(self.vm(vm.uuid), new, paths)
+            if out.affinity:
+                self.host(out.affinity)
+            if self.plan is not None:
+                self.plan.check_update(vm, out)
+            await self.store.put(out)
+            return out
 
     async def destroy_vm(self, uuid: str) -> None:
         vm = self.vm(uuid)

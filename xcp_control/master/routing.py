@@ -12,7 +12,7 @@
   the response header `xcp-stale: true` (they may lag the pool's last
   writes); everything else gets HOST_IS_SLAVE with an empty `master`.
 
-Served by every master itself: PoolService (who leads), LivenessService
+Served by every master itself: PoolService.GetPool (who leads), LivenessService
 (a follower answers the Hello with HOST_IS_SLAVE naming the leader), health
 and reflection.
 """
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 PASSED_ON = "xcp-passed-on"  # metadata set on a call a follower passes on
 STALE = "xcp-stale"  # response header: answered from a follower's warm copy
-LOCAL_SERVICES = ("/xcp.v1.PoolService/", "/xcp.v1.LivenessService/", "/grpc.")
+# PoolService.SetHaConfig is a write like any other: it goes to the leader.
+LOCAL_SERVICES = ("/xcp.v1.PoolService/GetPool", "/xcp.v1.LivenessService/", "/grpc.")
 READS = frozenset({
     "/xcp.v1.HostService/ListHosts", "/xcp.v1.HostService/GetHost",
     "/xcp.v1.HostService/GetHostMetrics", "/xcp.v1.VMService/GetVM",

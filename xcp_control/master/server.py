@@ -31,6 +31,9 @@ from xcp_control.master.liveness import Liveness
 from xcp_control.master.locks import OperationLocks
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
+from xcp_control.master.pool_ha import PoolHa
+from xcp_control.master.ha_config import HaAnnouncer
+from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
                                            pool_families)
 from xcp_control.master.reconcile import Reconciler
@@ -104,10 +107,13 @@ class Master:
         if self.ha:  # -- HA hook: campaign; lead only once elected --
             self.sessions.close()
             self.ha.start(s.advertise or self.address)
+        else:
+            self.restarter.lead()
         await add_standard_services(self._server, SERVICES)
         await self._server.start()
         self._tasks = [asyncio.create_task(self._reap(), name="reaper"),
                        asyncio.create_task(self.mirror.run(), name="metrics"),
+                       asyncio.create_task(self.restarter.run(), name="ha-restart"),
                        asyncio.create_task(watch_loop_lag(self.loop_lag, self.clock,
                                                           s.reaper_tick), name="loop-lag")]
         log.info("master listening on %s, database %s", self.address,
@@ -124,7 +130,8 @@ class Master:
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
         self.locks = OperationLocks()
-        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks)
+        self.pool_ha = PoolHa(self.store, self.liveness)
+        self.pool = Pool(self.store, self.liveness, self.mirror, self.locks, plan=self.pool_ha)
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
         self.loop_lag = LoopLag(s.shed_lag)
         self.sessions = HeartbeatSessions(self.store, self.liveness, self.mirror,
@@ -134,7 +141,14 @@ class Master:
                                    credentials=sec.channel_credentials,
                                    fence=self.ha.fence if self.ha else None)
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
+        # The leader notices a silent host at most dead_after after its last packet.
+        self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
+                                     transport_bound=3 * max(s.heartbeat_interval, 0.5))
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
+        self.restarter = Restarter(
+            self.store, self.liveness, self.pool_ha, self.lifecycle, self.ha_config.fence_after,
+            detect_bound=s.dead_after, clock=self.clock,
+            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)
 
@@ -150,7 +164,9 @@ class Master:
         3. heartbeat sessions forget the host's domain digest, so its next
            report is taken whole and reconciled;
         4. lifecycle re-disables a returning host the operator had disabled;
-        5. the ListHosts answer refreshes the host's entry.
+        5. the ListHosts answer refreshes the host's entry;
+        6. HA's restarter notes when the leader lost the host (ha_restart.py):
+           it acts only once the host must have fenced, never within the flip.
         Events (Watch) follow the store, not the flip: a flip reaches watchers
         when step 2's write commits, like every other change.
 
@@ -159,7 +175,7 @@ class Master:
         last beat) reach ListHosts within a second, never one write per beat.
         """
         for on_flip in (self.forwarder.on_flip, self.mirror.on_flip, self.sessions.on_flip,
-                        self.lifecycle.on_flip, self.listing.on_flip):
+                        self.lifecycle.on_flip, self.listing.on_flip, self.restarter.on_flip):
             self.liveness.add_listener(on_flip)
         for on_commit in (self.hub.publish, self.listing.on_changes):
             self.store.add_listener(on_commit)
@@ -168,6 +184,13 @@ class Master:
         # A host no longer counted live loses its stream: the slave then knows.
         self.sessions.add_not_live_listener(self.liveness_servicer.close)
         self.pool.add_forget_listener(self.forwarder.forget)
+        # HA config on the heartbeat streams: in each Hello answer, pushed on change.
+        self.sessions.ha = self.ha_config
+        self.ha_config.push = self.liveness_servicer.push
+        self.ha_config.open_hosts = self.liveness_servicer.open_hosts
+        self.store.add_listener(self.ha_config.on_changes)
+        self.store.add_listener(self.restarter.on_changes)
+        self.pool.add_forget_listener(self.ha_config.forget)
         if self.ha:
             # With several masters: the Hello answer carries our epoch (or
             # names the leader), and leading starts and stops the host side.
@@ -187,6 +210,7 @@ class Master:
             # marks no live host dead.
             self.liveness.restore(self._stored_liveness(), self.clock())
             self.sessions.reopen()
+            self.restarter.lead()
         else:
             self.sessions.close()
             self.liveness_servicer.close_all()
@@ -198,6 +222,7 @@ class Master:
         else:
             pool.master = self.settings.advertise or self.address
             pool.masters.append(pool.master)
+        self.pool_ha.describe(pool)
         return pool
 
     def _wire_metrics(self) -> None:
@@ -237,7 +262,7 @@ class Master:
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
             self.liveness_servicer, server)
         pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
-            api.PoolServicer(self.describe_pool), server)
+            api.PoolServicer(self.describe_pool, self.pool_ha), server)
         return server
 
     async def _reap(self) -> None:

@@ -22,6 +22,7 @@ from xcp_control import errors
 from xcp_control.master import liveness as liveness_module
 from xcp_control.master.liveness import Liveness
 from xcp_control.master.host_metrics import MetricsMirror
+from xcp_control.master.ha_config import HaAnnouncer
 from xcp_control.master.store import Put, Store
 from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2, liveness_service_pb2 as pb, slave_service_pb2
@@ -65,6 +66,8 @@ class HeartbeatSessions:
         # With several masters: the epoch to answer a Hello with, or
         # HOST_IS_SLAVE naming the leader when this master does not lead.
         self.gate: Callable[[], int] | None = None
+        # The pool's HA config for each Hello answer (ha_config.py), when wired.
+        self.ha: HaAnnouncer | None = None
         # Plain counts the metrics collector reads at scrape time: an int
         # increment is the whole cost on the beat path (no lock, no label lookup).
         self.reports = 0  # Hellos and beats taken
@@ -93,19 +96,22 @@ class HeartbeatSessions:
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
         epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
+        if self.ha is not None:
+            self.ha.keep(host, hello)
         await self._register(host, hello)
         session = Session(host, self._liveness.attach(host), epoch)
         self.reports += 1
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, hello.memory_free, self._wall(), hello.memory_total)
         log.info("host %s (%s) joined from %s", host, hello.name_label, hello.address)
-        if self._hypervisor_down(host, hello.hypervisor_unavailable):
-            return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                                 report_interval_ms=self._report_ms, epoch=epoch)
-        self._take_domains(host, hello.domains_digest, hello.domains)
-        return session, pb.HeartbeatResponse(interval_ms=self._interval_ms,
-                                             report_interval_ms=self._report_ms,
-                                             domains_ack=hello.domains_digest, epoch=epoch)
+        answer = pb.HeartbeatResponse(interval_ms=self._interval_ms,
+                                      report_interval_ms=self._report_ms, epoch=epoch)
+        if self.ha is not None:
+            self.ha.fill(host, answer)
+        if not self._hypervisor_down(host, hello.hypervisor_unavailable):
+            self._take_domains(host, hello.domains_digest, hello.domains)
+            answer.domains_ack = hello.domains_digest
+        return session, answer
 
     @staticmethod
     def _check_caller(host: str) -> None:

@@ -1,4 +1,4 @@
-"""The pool database's interface: Host, HostMetrics and VM objects, their
+"""The pool database's interface: Host, HostMetrics, VM and Pool objects, their
 changes, and the in-memory working copy every backend serves reads from.
 
 Like xapi's database, the working copy lives in memory on the master (reads
@@ -38,6 +38,8 @@ CLASSES: dict[str, ObjectClass] = {
         ObjectClass("host", datamodel_pb2.Host, ()),
         ObjectClass("host_metrics", datamodel_pb2.HostMetrics, ("host",)),
         ObjectClass("vm", datamodel_pb2.VM, ("resident_on", "power_state")),
+        # The one pool object (uuid = db_id): the HA settings (pool_ha.py).
+        ObjectClass("pool", datamodel_pb2.Pool, ()),
     )
 }
 CLASS_OF_MESSAGE = {c.message: c.name for c in CLASSES.values()}

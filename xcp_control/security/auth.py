@@ -147,8 +147,14 @@ def master_policy(identity: Identity, method: str) -> bool:
     return identity.role == "read-only" and method in READ_METHODS
 
 
+PEER_METHODS = frozenset({"/xcp.v1.SlaveService/PeerStatus"})
+
+
 def slave_policy(identity: Identity, method: str) -> bool:
-    """On a slave, only the master may call."""
+    """On a slave, only the master may call, but for PeerStatus, which the
+    other hosts ask (HA's liveset rule) and which reveals one boolean."""
+    if method in PEER_METHODS:
+        return identity.role in ("master", "host")
     return identity.role == "master"
 
 

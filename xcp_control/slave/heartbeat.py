@@ -40,6 +40,7 @@ from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, 
                                        turned_away)
 from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.masters import MasterList
+from xcp_control.slave.self_fence import HaConfig
 from xcp_control.slave.reports import BeatComposer, DomainSnapshot, HostIdentity, ReportPolicy
 
 __all__ = ["HeartbeatClient", "HostIdentity", "Reconnect", "StreamEnded"]
@@ -77,10 +78,14 @@ class HeartbeatClient:
                  rng: random.Random | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
                  reconnect: Reconnect | None = None,
-                 on_epoch: Callable[[int], None] | None = None) -> None:
+                 on_epoch: Callable[[int], None] | None = None,
+                 fence_after: float = 0.0,
+                 on_ha: Callable[[HaConfig], None] | None = None) -> None:
         # Several masters (comma-separated): which one to talk to (masters.py).
         self._masters = MasterList(master)
         self._on_epoch = on_epoch
+        self._fence_after_ms = round(fence_after * 1000)  # sent in the Hello (HA)
+        self._on_ha = on_ha  # told each HA config the leader sends
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -196,6 +201,7 @@ class HeartbeatClient:
         hello = composer.hello(self.identity, self._hv.memory_total, self._hv.memory_free,
                                self._hv.enabled, snapshot)
         hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
+        hello.hello.fence_after_ms = self._fence_after_ms
         await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
@@ -288,6 +294,13 @@ class HeartbeatClient:
         self._interval = _bounded(response.interval_ms, self._interval)
         # An older master sets no report interval: it wants one report per interval.
         self._report_interval = _bounded(response.report_interval_ms, self._interval)
+        # Last: the lease's transport bound follows the interval just taken.
+        if response.ha_config and self._on_ha is not None:
+            self._on_ha(HaConfig(enabled=response.ha_enabled,
+                                 fence_after=response.fence_after_ms / 1000,
+                                 detect_bound=response.detect_bound_ms / 1000,
+                                 epoch=response.epoch,
+                                 peers=tuple((p.host_uuid, p.address) for p in response.peers)))
 
     def _domains_changed(self) -> None:
         self._domain_changes += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,7 @@ from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services
 from xcp_control.security import setup as security
 from xcp_control.settings import SlaveSettings
 from xcp_control.slave.fencing import EpochFence, FenceInterceptor
+from xcp_control.slave.ha_guard import GuardInterceptor, SelfFencing, peer_asker
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
 from xcp_control.slave.hypervisor import Hypervisor
@@ -54,6 +56,8 @@ class Slave:
         self._health = None
         self._client: HeartbeatClient | None = None
         self._beating: asyncio.Task | None = None
+        self._guarding: asyncio.Task | None = None
+        self.guard: SelfFencing | None = None  # HA self-fencing (ha_guard.py)
         self.fence = EpochFence()  # several masters: the newest leader epoch seen
         self.metrics: SlaveMetrics | None = None  # with --metrics-listen
         self.metrics_address = ""  # HOST:PORT of /metrics, if served
@@ -69,6 +73,9 @@ class Slave:
             raise StartupError(str(exc)) from None
         if s.metrics_listen:
             self.metrics = SlaveMetrics(self.hypervisor)
+        self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._hears_leader,
+                                 self._transport_bound, peer_asker(sec.channel_credentials),
+                                 time.monotonic)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
         log.info("host %s (%s) serving on %s, master %s", self.host_uuid, identity.name_label,
@@ -76,8 +83,10 @@ class Slave:
         self._client = HeartbeatClient(s.master, identity, self.hypervisor,
                                        reconnect_cap=s.reconnect_cap,
                                        credentials=sec.channel_credentials,
-                                       on_epoch=self.fence.seen)
+                                       on_epoch=self.fence.seen,
+                                       fence_after=s.fence_after, on_ha=self.guard.configure)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
+        self._guarding = asyncio.create_task(self.guard.run(), name="self-fence")
         if self.metrics is not None:
             self.metrics.heartbeat = self._client
             try:
@@ -85,6 +94,15 @@ class Slave:
             except PortInUse as exc:
                 raise StartupError(str(exc)) from None
         return self.address
+
+    def _hears_leader(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _transport_bound(self) -> float:
+        """How long our heartbeat channel may go without hearing the master
+        before it closes: its keepalive time plus timeout (rpc/options.py)."""
+        interval = self._client.interval if self._client is not None else 1.0
+        return 3 * max(interval, 0.5)
 
     @property
     def name_label(self) -> str:
@@ -96,8 +114,10 @@ class Slave:
         server = grpc.aio.server(options=server_options(_MAX_MESSAGE_BYTES, keepalive_s=2.0,
                                                         ping_timeout_s=1.0),
                                  interceptors=[*self._counted(), DecodeGuard(), *sec.interceptors,
-                                               FenceInterceptor(self.fence)])
-        pb_grpc.add_SlaveServiceServicer_to_server(SlaveServicer(self.hypervisor), server)
+                                               FenceInterceptor(self.fence),
+                                               GuardInterceptor(self.guard)])
+        pb_grpc.add_SlaveServiceServicer_to_server(
+            SlaveServicer(self.hypervisor, self.guard.hears_leader), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
         except PortInUse as exc:
@@ -114,9 +134,10 @@ class Slave:
         """Goodbye to the master (it marks us down at once), then stop serving."""
         if self._client is not None:
             await self._client.stop(reason=reason)
-        if self._beating is not None:
-            self._beating.cancel()
-            await asyncio.gather(self._beating, return_exceptions=True)
+        for task in (self._beating, self._guarding):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(_STOP_GRACE)

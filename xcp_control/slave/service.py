@@ -4,6 +4,8 @@ errors, which pass through unchanged."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from xcp.v1 import slave_service_pb2 as pb
 from xcp.v1 import slave_service_pb2_grpc as pb_grpc
 from xcp_control import errors
@@ -22,8 +24,10 @@ def _vm_uuid(request) -> str:
 class SlaveServicer(pb_grpc.SlaveServiceServicer):
     """Proto in, hypervisor call, proto out; errors come from the backend."""
 
-    def __init__(self, hypervisor: Hypervisor) -> None:
+    def __init__(self, hypervisor: Hypervisor,
+                 hears_leader: Callable[[], bool] = lambda: False) -> None:
         self._hv = hypervisor
+        self._hears_leader = hears_leader  # HA's liveset rule (ha_guard.py)
 
     @rpc_method
     async def StartDomain(self, request: pb.StartDomainRequest, context) -> pb.Domain:
@@ -69,3 +73,7 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
     @rpc_method
     async def SetEnabled(self, request: pb.SetEnabledRequest, context) -> pb.SetEnabledResponse:
         return pb.SetEnabledResponse(enabled=await self._hv.set_enabled(request.enabled))
+
+    @rpc_method
+    async def PeerStatus(self, request, context) -> pb.PeerStatusResponse:
+        return pb.PeerStatusResponse(hears_leader=self._hears_leader())

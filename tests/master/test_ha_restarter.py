@@ -1,0 +1,151 @@
+"""The leader's restarter over a real store, Lifecycle with a scripted
+forwarder and an injected clock: when a lost host's VMs restart, in what
+order, never without quorum or with HA off, and across a leader change."""
+
+from __future__ import annotations
+
+from tests.master.test_lifecycle import lifecycle
+from tests.master.test_pool_ha import protected
+from tests.master.world import GIB, World, run
+from xcp_control.errors import XcpError
+from xcp_control.master.ha_restart import Restarter, fenced_by
+from xcp_control.master.pool_ha import PoolHa
+from xcp.v1 import datamodel_pb2 as dm
+
+FENCE_AFTER, DETECT = 4.0, 1.0
+
+
+class Clock:
+    now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def rig(world: World, enabled=True, hosts=3):
+    life, fwd = lifecycle(world)
+    ha = world.pool.plan = PoolHa(world.store, world.liveness)
+    await ha.configure(enabled, 0)
+    clock = Clock()
+    restarter = Restarter(world.store, world.liveness, ha, life, lambda h: FENCE_AFTER,
+                          DETECT, clock)
+    world.liveness.add_listener(restarter.on_flip)
+    world.store.add_listener(restarter.on_changes)
+    added = [await world.add_host(f"h{i}") for i in range(hosts)]
+    return restarter, fwd, clock, added
+
+
+def state(world, vm):
+    got = world.store.get("vm", vm.uuid)
+    return got.power_state, got.resident_on, got.ha_restart_pending
+
+
+def test_restart_after_the_lease_in_order_then_best_effort(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        late = await protected(world, "late", GIB, dm.RUNNING, h0.uuid)
+        late.ha_restart_order = 2
+        await world.store.put(late)
+        first = await protected(world, "first", GIB, dm.RUNNING, h0.uuid)
+        best = await protected(world, "best", GIB, dm.RUNNING, h0.uuid,
+                               priority=dm.BEST_EFFORT)
+        plain = await protected(world, "plain", GIB, dm.RUNNING, h0.uuid, priority=0)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) - 0.01
+        await restarter.step()
+        assert state(world, first) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
+        clock.now += 0.02
+        await restarter.step()
+        started = [c for c in fwd.calls if c[1] == "StartDomain"]
+        assert len(started) == 3 and h0.uuid not in {h for h, _ in started}
+        for vm in (first, late, best):
+            power, on, pending = state(world, vm)
+            assert power == dm.RUNNING and on in (h1.uuid, h2.uuid) and not pending
+        assert state(world, plain) == (dm.HALTED, "", False)
+        await restarter.step()
+        assert len(fwd.calls) == 3  # never twice
+    run(body, tmp_path)
+
+
+def test_no_quorum_no_restart(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        world.liveness.mark_down(h0.uuid)
+        world.liveness.mark_down(h1.uuid)
+        clock.now += 60
+        await restarter.step()
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
+    run(body, tmp_path)
+
+
+def test_ha_disabled_restarts_nothing(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world, enabled=False)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        world.liveness.mark_down(h0.uuid)
+        await world.pool.plan.configure(True, 0)  # enabled after the loss: still nothing
+        clock.now += 60
+        await restarter.step()
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
+    run(body, tmp_path)
+
+
+def test_declare_dead_restarts_at_once_and_failures_back_off(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        fwd.failure = XcpError("HOST_OFFLINE", host="x")
+        await world.pool.declare_dead(h0.uuid)
+        assert state(world, vm) == (dm.HALTED, "", True)
+        await restarter.step()
+        assert len(fwd.calls) == 1 and state(world, vm)[2]
+        await restarter.step()
+        assert len(fwd.calls) == 1  # backing off
+        fwd.failure = None
+        clock.now += 1.0
+        await restarter.step()
+        assert state(world, vm)[0] == dm.RUNNING and not state(world, vm)[2]
+    run(body, tmp_path)
+
+
+def test_a_new_leader_restarts_what_was_marked_and_treats_lost_hosts_as_lost(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        marked = await protected(world, "marked", GIB)
+        marked.ha_restart_pending = True
+        await world.store.put(marked)
+        on_dead = await protected(world, "on-dead", GIB, dm.RUNNING, h0.uuid)
+        world.liveness.mark_down(h0.uuid)
+        restarter.lost.clear()  # as a master that was not leading when h0 went
+        restarter.lead()
+        await restarter.step()
+        assert state(world, marked)[0] == dm.RUNNING
+        assert state(world, on_dead) == (dm.RUNNING, h0.uuid, False)  # lease not out yet
+        clock.now += 10
+        await restarter.step()
+        assert state(world, on_dead)[0] == dm.RUNNING and state(world, on_dead)[1] != h0.uuid
+    run(body, tmp_path)
+
+
+def test_best_effort_only_where_room_remains(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        for host, used in ((h1, 20), (h2, 30)):  # 44 and 34 GiB free
+            await protected(world, f"fill-{used}", used * GIB, dm.RUNNING, host.uuid, priority=0)
+        big = await protected(world, "big", 40 * GIB, dm.RUNNING, h0.uuid)
+        extra = await protected(world, "extra", 40 * GIB, dm.RUNNING, h0.uuid,
+                                priority=dm.BEST_EFFORT)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) + 0.01
+        await restarter.step()
+        assert state(world, big) == (dm.RUNNING, h1.uuid, False)  # the one host with room
+        # No host has 40 GiB left: the BEST_EFFORT VM waits, HALTED and marked.
+        assert state(world, extra) == (dm.HALTED, "", True)
+        assert [m for _, m in fwd.calls] == ["StartDomain"]
+        clock.now += 0.5
+        await restarter.step()  # backing off: not even tried
+        assert len(fwd.calls) == 1
+    run(body, tmp_path)

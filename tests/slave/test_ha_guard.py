@@ -1,0 +1,138 @@
+"""SelfFencing on a fake clock over the simulated hypervisor: the lease fed
+from the stream, the gap after a SIGSTOP, the liveset rule, the fence."""
+
+from __future__ import annotations
+
+import asyncio
+
+from xcp_control.slave.ha_guard import SelfFencing
+from xcp_control.slave.hypervisor import SimulatedHypervisor
+from xcp_control.slave.self_fence import HaConfig
+
+HOST = "22222222-2222-4222-8222-222222222222"
+PEERS = (("p1", "127.0.0.1:1"), ("p2", "127.0.0.1:2"))
+GIB = 1 << 30
+
+
+class Rig:
+    def __init__(self, peers_answer=(0, 0)):
+        self.now = 100.0
+        self.connected = True
+        self.peers_answer = peers_answer
+        self.asked = 0
+        self.hv = SimulatedHypervisor(HOST, 8 * GIB)
+        self.guard = SelfFencing(HOST, self.hv, lambda: self.connected, lambda: 1.5,
+                                 self.ask, lambda: self.now)
+
+    async def ask(self, peers):
+        self.asked += 1
+        return self.peers_answer
+
+    async def tick_for(self, seconds: float, step: float = 0.25) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += step
+            await self.guard.check()
+
+
+def run(body):
+    asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def config(enabled=True, peers=PEERS) -> HaConfig:
+    return HaConfig(enabled=True if enabled else False, fence_after=4.0, detect_bound=1.0,
+                    peers=peers)
+
+
+def test_a_healthy_stream_never_fences():
+    async def body():
+        rig = Rig()
+        rig.guard.configure(config())
+        await rig.hv.start("vm1", GIB, 1, False)
+        await rig.tick_for(30)
+        assert not rig.guard.fenced and rig.asked == 0
+        assert [d.vm_uuid for d in await rig.hv.list_domains()] == ["vm1"]
+    run(body)
+
+
+def test_a_lost_stream_fences_within_the_lease_and_refuses_until_acknowledged():
+    async def body():
+        rig = Rig(peers_answer=(2, 1))  # peers reached, one still hears the leader
+        rig.guard.configure(config())
+        await rig.hv.start("vm1", GIB, 1, False)
+        await rig.tick_for(1)
+        rig.connected = False
+        lost = rig.now
+        await rig.tick_for(1.0)
+        assert not rig.guard.fenced  # lease: 4 - 1.5 - 1 = 1.5 s after the last confirm
+        await rig.tick_for(1.0)
+        assert rig.guard.fenced and rig.now - lost <= 4.0
+        assert await rig.hv.list_domains() == [] and rig.guard.fences == 1
+        assert not rig.guard.hears_leader()
+        rig.connected = True  # the leader acknowledges us again
+        await rig.tick_for(0.25)
+        assert not rig.guard.fenced
+    run(body)
+
+
+def test_liveset_rule_keeps_domains_when_no_peer_hears_the_leader():
+    async def body():
+        rig = Rig(peers_answer=(2, 0))  # every peer reached, none hears the leader
+        rig.guard.configure(config())
+        await rig.hv.start("vm1", GIB, 1, False)
+        rig.connected = False
+        await rig.tick_for(20)
+        assert not rig.guard.fenced and rig.asked >= 2
+        assert len(await rig.hv.list_domains()) == 1
+        rig.peers_answer = (1, 0)  # a minority reached: we may be the one cut off
+        await rig.tick_for(5)
+        assert rig.guard.fenced and await rig.hv.list_domains() == []
+    run(body)
+
+
+def test_no_peers_fences_and_ha_disabled_never_does():
+    async def body():
+        rig = Rig()
+        rig.guard.configure(HaConfig(enabled=False, fence_after=4.0, detect_bound=1.0))
+        await rig.hv.start("vm1", GIB, 1, False)
+        rig.connected = False
+        await rig.tick_for(30)
+        assert not rig.guard.fenced and len(await rig.hv.list_domains()) == 1
+        rig.connected = True
+        await rig.tick_for(0.25)
+        rig.guard.configure(config(peers=()))
+        rig.connected = False
+        await rig.tick_for(5)
+        assert rig.guard.fenced and rig.asked == 0  # nobody to ask: the safe side
+    run(body)
+
+
+def test_a_resumed_slave_does_not_trust_its_stale_stream():
+    """SIGSTOP for longer than the lease: on resume `connected` still says
+    True, but the gap between ticks means the view is stale: fence at once."""
+    async def body():
+        rig = Rig(peers_answer=(2, 1))
+        rig.guard.configure(config())
+        await rig.hv.start("vm1", GIB, 1, False)
+        await rig.tick_for(1)
+        rig.now += 10.0  # stopped; the stream looks open to us when we wake
+        await rig.guard.check()
+        assert rig.guard.fenced and await rig.hv.list_domains() == []
+        assert not rig.guard.hears_leader()
+        # Still "connected" after the transport had time to notice: trusted again.
+        await rig.tick_for(2.0)
+        assert not rig.guard.fenced
+    run(body)
+
+
+def test_a_short_stop_does_not_fence_but_holds_confirms():
+    async def body():
+        rig = Rig(peers_answer=(2, 1))
+        rig.guard.configure(config())
+        await rig.tick_for(1)
+        rig.now += 1.2  # a short stop, inside the 1.5 s lease
+        await rig.guard.check()
+        assert not rig.guard.fenced and not rig.guard.hears_leader()
+        await rig.tick_for(0.5)
+        assert rig.guard.fenced  # no confirm for transport_bound: the lease ran out
+    run(body)
