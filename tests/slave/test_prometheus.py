@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry
 
 from xcp_control.slave.hypervisor import SimulatedHypervisor
-from xcp_control.slave.prometheus import slave_families
+from xcp_control.slave.prometheus import fence_families, slave_families
 
 VMS = [f"1b5e7c8e-1111-4222-8333-44445555666{i}" for i in range(3)]
 
@@ -49,3 +49,12 @@ def test_before_the_heartbeat_client_exists_only_the_host_is_reported():
     families = asyncio.run(slave_families(SimulatedHypervisor("host", 1 << 30), None))
     assert sample(families, "xcp_slave_enabled") == 1
     assert sample(families, "xcp_slave_master_connected") is None
+
+
+def test_fences_are_counted_and_the_fenced_state_shown():
+    values = {f.name: f.samples[0].value
+              for f in fence_families(SimpleNamespace(fences=2, fenced=True))}
+    assert values == {"xcp_slave_fences": 2, "xcp_slave_fenced": 1}
+    calm = {f.name: f.samples[0].value
+            for f in fence_families(SimpleNamespace(fences=0, fenced=False))}
+    assert calm == {"xcp_slave_fences": 0, "xcp_slave_fenced": 0}

@@ -87,3 +87,13 @@ class SlaveMetrics:
 
     async def stop(self) -> None:
         await self.endpoint.stop()
+
+
+def fence_families(guard) -> list:
+    """HA self-fencing (slave/ha_guard.py): fences so far, and whether the host
+    is fenced now (its domain operations refused until the leader acknowledges it)."""
+    fences = CounterMetricFamily("xcp_slave_fences", "Times this host fenced itself (HA)",
+                                 value=guard.fences)
+    fenced = GaugeMetricFamily("xcp_slave_fenced", "1 while this host is fenced (HA), else 0",
+                               value=1 if guard.fenced else 0)
+    return [fences, fenced]

@@ -30,7 +30,7 @@ from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
 from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
-from xcp_control.slave.prometheus import SlaveMetrics
+from xcp_control.slave.prometheus import SlaveMetrics, fence_families
 from xcp_control.slave.service import SLAVE_SERVICE, SlaveServicer
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Slave:
         self._guarding = asyncio.create_task(self.guard.run(), name="self-fence")
         if self.metrics is not None:
             self.metrics.heartbeat = self._client
+            self.metrics.add_source(lambda: fence_families(self.guard))
             try:
                 self.metrics_address = self.metrics.serve(s.metrics_listen)
             except PortInUse as exc:
