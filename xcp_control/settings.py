@@ -313,8 +313,13 @@ class SlaveSettings:
                                  "acknowledgement before this host fences itself (destroys "
                                  "every domain); the master raises one not above its "
                                  "dead_after + 3 PING intervals", metavar="S")
-    watchdog_device: str = setting("/dev/watchdog", "host watchdog armed while HA is enabled "
-                                   "(slave/watchdog.py)", metavar="PATH")
+    watchdog_device: str = setting("", "host watchdog (e.g. /dev/watchdog of modprobe "
+                                   "softdog) armed while the leader says HA is enabled and "
+                                   "petted only while acknowledged: the host resets when "
+                                   "the slave dies, hangs or loses the pool. Default off "
+                                   "(never a real watchdog by accident: tests, CI, "
+                                   "scripts/pool); HA on the libvirt backend without one "
+                                   "logs a warning", metavar="PATH")
 
     def validate(self) -> "SlaveSettings":
         for master in self.master.split(","):

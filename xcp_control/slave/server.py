@@ -31,7 +31,9 @@ from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
 from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
 from xcp_control.slave.prometheus import SlaveMetrics, fence_families
+from xcp_control.slave.self_fence import HaConfig
 from xcp_control.slave.service import SLAVE_SERVICE, SlaveServicer
+from xcp_control.slave.watchdog import WatchdogKeeper, WatchdogRefused, check_device, keeper_for
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ class Slave:
         self._client: HeartbeatClient | None = None
         self._beating: asyncio.Task | None = None
         self._guarding: asyncio.Task | None = None
+        self._watching: asyncio.Task | None = None
         self.guard: SelfFencing | None = None  # HA self-fencing (ha_guard.py)
+        self.watchdog = None  # the host watchdog's keeper (watchdog.py)
         self.fence = EpochFence()  # several masters: the newest leader epoch seen
         self.metrics: SlaveMetrics | None = None  # with --metrics-listen
         self.metrics_address = ""  # HOST:PORT of /metrics, if served
@@ -68,14 +72,18 @@ class Slave:
         try:
             self.host_uuid = load_or_create_host_uuid(Path(s.state_dir))
             sec = security.for_host(s.tls_dir, self.host_uuid)
+            if s.watchdog_device:
+                check_device(s.watchdog_device)  # exists; opening it would arm it
             self.hypervisor = await make_hypervisor(self.host_uuid, s)
-        except (IdentityError, security.MissingCertificate, BackendUnavailable) as exc:
+        except (IdentityError, security.MissingCertificate, BackendUnavailable,
+                WatchdogRefused) as exc:
             raise StartupError(str(exc)) from None
         if s.metrics_listen:
             self.metrics = SlaveMetrics(self.hypervisor)
         self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._hears_leader,
                                  self._transport_bound, peer_asker(sec.channel_credentials),
                                  time.monotonic)
+        self.watchdog = keeper_for(s, self.guard)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
         log.info("host %s (%s) serving on %s, master %s", self.host_uuid, identity.name_label,
@@ -84,9 +92,11 @@ class Slave:
                                        reconnect_cap=s.reconnect_cap,
                                        credentials=sec.channel_credentials,
                                        on_epoch=self.fence.seen,
-                                       fence_after=s.fence_after, on_ha=self.guard.configure)
+                                       fence_after=s.fence_after, on_ha=self._on_ha)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
         self._guarding = asyncio.create_task(self.guard.run(), name="self-fence")
+        if isinstance(self.watchdog, WatchdogKeeper):
+            self._watching = asyncio.create_task(self.watchdog.run(), name="watchdog")
         if self.metrics is not None:
             self.metrics.heartbeat = self._client
             self.metrics.add_source(lambda: fence_families(self.guard))
@@ -95,6 +105,12 @@ class Slave:
             except PortInUse as exc:
                 raise StartupError(str(exc)) from None
         return self.address
+
+    def _on_ha(self, config: HaConfig) -> None:
+        """The leader's HA config: the lease first (receiving it confirms it),
+        then the watchdog, which arms on the lease it just confirmed."""
+        self.guard.configure(config)
+        self.watchdog.set_ha_enabled(config.enabled)
 
     def _hears_leader(self) -> bool:
         return self._client is not None and self._client.connected
@@ -127,6 +143,13 @@ class Slave:
         await server.start()
         self._server = server
 
+    async def _domains_left(self) -> bool:
+        """Whether domains may outlive us (unknown counts as yes: the safe side)."""
+        try:
+            return bool(await self.hypervisor.list_domains())
+        except Exception:  # noqa: BLE001 - e.g. libvirtd gone: keep the watchdog running
+            return True
+
     def _counted(self) -> list:
         """The metrics interceptor, outermost so that it counts every call."""
         return [self.metrics.calls] if self.metrics is not None else []
@@ -135,13 +158,15 @@ class Slave:
         """Goodbye to the master (it marks us down at once), then stop serving."""
         if self._client is not None:
             await self._client.stop(reason=reason)
-        for task in (self._beating, self._guarding):
+        for task in (self._beating, self._guarding, self._watching):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(_STOP_GRACE)
+        if self.watchdog is not None and self.watchdog.running:
+            self.watchdog.stop(domains_left=await self._domains_left())
         if self.hypervisor is not None:
             await self.hypervisor.close()  # domains keep running: a restarted slave adopts them
         if self.metrics is not None:
