@@ -73,9 +73,9 @@ class Slave:
             raise StartupError(str(exc)) from None
         if s.metrics_listen:
             self.metrics = SlaveMetrics(self.hypervisor)
-        self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._hears_leader,
+        self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._connected_since,
                                  self._transport_bound, peer_asker(sec.channel_credentials),
-                                 time.monotonic)
+                                 time.monotonic, rejoin=self._rejoin)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
         log.info("host %s (%s) serving on %s, master %s", self.host_uuid, identity.name_label,
@@ -96,8 +96,12 @@ class Slave:
                 raise StartupError(str(exc)) from None
         return self.address
 
-    def _hears_leader(self) -> bool:
-        return self._client is not None and self._client.connected
+    def _connected_since(self) -> float | None:
+        return self._client.connected_since if self._client is not None else None
+
+    def _rejoin(self) -> None:
+        if self._client is not None:
+            self._client.retry_now()
 
     def _transport_bound(self) -> float:
         """How long our heartbeat channel may go without hearing the master
@@ -118,7 +122,7 @@ class Slave:
                                                FenceInterceptor(self.fence),
                                                GuardInterceptor(self.guard)])
         pb_grpc.add_SlaveServiceServicer_to_server(
-            SlaveServicer(self.hypervisor, self.guard.hears_leader), server)
+            SlaveServicer(self.hypervisor, self.guard.peer_status), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
         except PortInUse as exc:
