@@ -62,9 +62,10 @@ def pool_stub(master):
     return pool_service_pb2_grpc.PoolServiceStub(master.client.channel)
 
 
-def protected_vm(master, host: str, name: str) -> str:
+def protected_vm(master, host: str, name: str, priority=dm.RESTART, order: int = 0) -> str:
     vm = master.client.vms.CreateVM(vs.CreateVMRequest(
-        name_label=name, memory=GiB, vcpus=1, ha_restart_priority=dm.RESTART), timeout=5).uuid
+        name_label=name, memory=GiB, vcpus=1, ha_restart_priority=priority,
+        ha_restart_order=order), timeout=5).uuid
     master.client.vms.StartVM(vs.StartVMRequest(uuid=vm, host=host), timeout=10)
     return vm
 
@@ -100,6 +101,42 @@ def test_sigstop_restarts_elsewhere_and_the_stopped_host_fenced(lab: Lab, case: 
     assert b.domains() == {vm: dm.RUNNING}
     assert "SELF-FENCING" in a.stderr_text()
     print(f"SIGSTOP -> RUNNING elsewhere in {took:.2f}s")
+
+
+def test_best_effort_vms_restart_only_where_room_remains(lab: Lab, case: Case) -> None:
+    """A runs a RESTART VM and two BEST_EFFORT ones; B and C have 1 GiB free
+    each. The RESTART VM goes first, then the first BEST_EFFORT VM takes the
+    last GiB; the second stays HALTED: there is no room for it."""
+    master = lab.start_master(**SETTINGS)
+    pool_stub(master).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)
+    a = case.slave(master, *SLAVE_ARGS, "--memory", "3G")
+    b, c = (case.slave(master, *SLAVE_ARGS, "--memory", "2G") for _ in range(2))
+    for host in (b, c):  # each keeps 1 GiB free
+        protected_vm(master, host.uuid, f"filler-{host.uuid[:8]}", priority=0)
+    first = protected_vm(master, a.uuid, "restart")
+    fits = protected_vm(master, a.uuid, "best-1", priority=dm.BEST_EFFORT, order=1)
+    no_room = protected_vm(master, a.uuid, "best-2", priority=dm.BEST_EFFORT, order=2)
+    with PollerProcess([a, b, c]) as poller:
+        time.sleep(0.3)
+        a.freeze()
+        try:
+            for vm in (first, fits):
+                wait_until(lambda: (v := master.client.vm(vm)).power_state == dm.RUNNING
+                           and v.resident_on != a.uuid, FENCE_AFTER + 8,
+                           "the VM RUNNING on another host", interval=0.1)
+            time.sleep(1.0)  # the retry of the one with no room fails again
+            left = master.client.vm(no_room)
+            assert (left.power_state, left.resident_on) == (dm.HALTED, "")
+        finally:
+            a.thaw()
+        wait_until(lambda: domains_or_none(a) == {}, 5, "the resumed host fenced",
+                   interval=0.1)
+        time.sleep(0.5)
+    seen = poller.sightings
+    for vm in (first, fits):
+        seen.assert_never_twice(vm, a.uuid, master.client.vm(vm).resident_on)
+    assert seen.hosts_of(no_room) == {a.uuid}
+    assert {master.client.vm(vm).resident_on for vm in (first, fits)} == {b.uuid, c.uuid}
 
 
 def test_ha_disabled_nothing_fences_or_restarts(lab: Lab, case: Case) -> None:
