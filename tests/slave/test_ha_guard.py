@@ -157,19 +157,20 @@ def test_a_short_stop_does_not_fence_but_holds_confirms():
     run(body)
 
 
-def held_rig():
-    """A slave holding its domains by the liveset rule (the master tier is down)."""
+async def held_rig() -> Rig:
+    """A slave with one domain, holding it by the liveset rule for 10 s now
+    (its stream is down and no peer hears the leader: the master tier is down)."""
     rig = Rig(peers_answer=(2, 0))
     rig.guard.configure(config())
+    await rig.hv.start("vm1", GIB, 1, False)
+    rig.connected = False
+    await rig.tick_for(10)
     return rig
 
 
 def test_a_held_lease_whose_peers_hear_the_leader_rejoins_before_fencing():
     async def body():
-        rig = held_rig()
-        await rig.hv.start("vm1", GIB, 1, False)
-        rig.connected = False
-        await rig.tick_for(10)
+        rig = await held_rig()
         assert not rig.guard.fenced and rig.guard.lease.held
         rig.peers_answer = (2, 1)  # the master is back and a peer reconnected first
         await rig.tick_for(2.0)
@@ -183,10 +184,7 @@ def test_a_held_lease_whose_peers_hear_the_leader_rejoins_before_fencing():
 
 def test_a_held_lease_not_acknowledged_within_the_rejoin_window_fences():
     async def body():
-        rig = held_rig()
-        await rig.hv.start("vm1", GIB, 1, False)
-        rig.connected = False
-        await rig.tick_for(10)
+        rig = await held_rig()
         rig.peers_answer = (2, 1)
         await rig.tick_until(lambda: rig.rejoins, 1.5 + 0.25)  # one hold_extension on
         assert not rig.guard.fenced
