@@ -6,35 +6,35 @@ slaves with --fence-after 4 (shorter than the 10 s default, to keep the tests
 fast; the master's floor for it is dead_after + 3 x interval = 3 s). Three
 hosts, because the leader restarts only while it hears a majority of them.
 
-The "never twice" proof is part of every test: a poller asks every slave for
-its domains (SlaveService.ListDomains, 200 ms deadline) every 50 ms, and
-records each sighting of the protected VM's domain with the moment the
-question left and the answer came back. The VM moves once, from A to B, and
-B's copy runs to the end of the test, so a sighting on A whose question left
-after an answer from B had come back proves both copies existed at once. A
-stopped slave cannot answer (its polls time out); after SIGCONT it must not
-answer with the domain either.
+The "never twice" proof is part of every test: a poller process
+(tests/support/domain_poller.py) asks every slave for its domains
+(SlaveService.ListDomains, 200 ms deadline) every 50 ms, and records each
+sighting of a domain with the moment the question left and the answer came
+back. A VM moves once, from A to B, and B's copy runs to the end of the test,
+so a sighting on A whose question left after an answer from B had come back
+proves both copies existed at once. A stopped slave cannot answer (its polls
+time out); after SIGCONT it must not answer with the domain either. A host
+cut off by a partition is watched by a second poller inside its network
+namespace, so it is seen throughout the fault too.
 """
 
 from __future__ import annotations
 
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.support.daemons import SlaveProcess
+from tests.support.domain_poller import PollerProcess, Sightings
 from tests.support.lab import Case, Lab
 from tests.support.processes import wait_until
 from xcp.v1 import datamodel_pb2 as dm
 from xcp.v1 import pool_service_pb2 as ps, pool_service_pb2_grpc
-from xcp.v1 import slave_service_pb2 as sl, slave_service_pb2_grpc
 from xcp.v1 import vm_service_pb2 as vs
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,63 +51,6 @@ def case(lab: Lab) -> Iterator[Case]:
         yield c
 
 
-@dataclass(frozen=True)
-class Sighting:
-    host: str
-    sent: float
-    received: float
-
-
-class DomainPoller:
-    """Every 50 ms, ListDomains on every slave; sightings of one VM's domain."""
-
-    def __init__(self, slaves, vm: str) -> None:
-        self.vm = vm
-        self.sightings: list[Sighting] = []
-        self.rounds = 0
-        self._stop = threading.Event()
-        self._channels = [(s.uuid, grpc.insecure_channel(s.address)) for s in slaves]
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "DomainPoller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        for _, channel in self._channels:
-            channel.close()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 90  # bounded whatever happens
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            for host, channel in self._channels:
-                sent = time.monotonic()
-                try:
-                    reply = slave_service_pb2_grpc.SlaveServiceStub(channel).ListDomains(
-                        sl.ListDomainsRequest(), timeout=0.2)
-                except grpc.RpcError:
-                    continue  # a stopped slave cannot answer
-                if any(d.vm_uuid == self.vm for d in reply.domains):
-                    self.sightings.append(Sighting(host, sent, time.monotonic()))
-            self.rounds += 1
-            self._stop.wait(0.05)
-
-    def on(self, host: str) -> list[Sighting]:
-        return [s for s in self.sightings if s.host == host]
-
-    def assert_never_twice(self, first: str, then: str) -> None:
-        """The VM ran on `first`, then on `then` (to the end): no sighting on
-        `first` was asked for after one on `then` had been answered."""
-        later = self.on(then)
-        if not later:
-            return
-        earliest = min(s.received for s in later)
-        twice = [s for s in self.on(first) if s.sent > earliest]
-        assert not twice, f"VM {self.vm} seen on {first} after it ran on {then}: {twice[:3]}"
-
-
 def domains_or_none(slave):
     try:
         return slave.domains(timeout=1)
@@ -119,9 +62,10 @@ def pool_stub(master):
     return pool_service_pb2_grpc.PoolServiceStub(master.client.channel)
 
 
-def protected_vm(master, host: str, name: str) -> str:
+def protected_vm(master, host: str, name: str, priority=dm.RESTART, order: int = 0) -> str:
     vm = master.client.vms.CreateVM(vs.CreateVMRequest(
-        name_label=name, memory=GiB, vcpus=1, ha_restart_priority=dm.RESTART), timeout=5).uuid
+        name_label=name, memory=GiB, vcpus=1, ha_restart_priority=priority,
+        ha_restart_order=order), timeout=5).uuid
     master.client.vms.StartVM(vs.StartVMRequest(uuid=vm, host=host), timeout=10)
     return vm
 
@@ -136,7 +80,7 @@ def test_sigstop_restarts_elsewhere_and_the_stopped_host_fenced(lab: Lab, case: 
     a, *others = hosts = slaves(case, master)
     vm = protected_vm(master, a.uuid, "ha-sigstop")
     assert a.domains() == {vm: dm.RUNNING}
-    with DomainPoller(hosts, vm) as poller:
+    with PollerProcess(hosts) as poller:
         time.sleep(0.3)
         a.freeze()
         stopped = time.monotonic()
@@ -152,18 +96,54 @@ def test_sigstop_restarts_elsewhere_and_the_stopped_host_fenced(lab: Lab, case: 
         # The resumed host fenced (its lease ran out while it was stopped).
         assert a.domains() == {}
         time.sleep(1.0)  # the poller keeps asking the resumed host
-    poller.assert_never_twice(a.uuid, b.uuid)
-    assert poller.on(b.uuid) and poller.rounds > 20
+    poller.sightings.assert_never_twice(vm, a.uuid, b.uuid)
+    assert poller.sightings.on(b.uuid, vm) and poller.rounds > 20
     assert b.domains() == {vm: dm.RUNNING}
     assert "SELF-FENCING" in a.stderr_text()
     print(f"SIGSTOP -> RUNNING elsewhere in {took:.2f}s")
+
+
+def test_best_effort_vms_restart_only_where_room_remains(lab: Lab, case: Case) -> None:
+    """A runs a RESTART VM and two BEST_EFFORT ones; B and C have 1 GiB free
+    each. The RESTART VM goes first, then the first BEST_EFFORT VM takes the
+    last GiB; the second stays HALTED: there is no room for it."""
+    master = lab.start_master(**SETTINGS)
+    pool_stub(master).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)
+    a = case.slave(master, *SLAVE_ARGS, "--memory", "3G")
+    b, c = (case.slave(master, *SLAVE_ARGS, "--memory", "2G") for _ in range(2))
+    for host in (b, c):  # each keeps 1 GiB free
+        protected_vm(master, host.uuid, f"filler-{host.uuid[:8]}", priority=0)
+    first = protected_vm(master, a.uuid, "restart")
+    fits = protected_vm(master, a.uuid, "best-1", priority=dm.BEST_EFFORT, order=1)
+    no_room = protected_vm(master, a.uuid, "best-2", priority=dm.BEST_EFFORT, order=2)
+    with PollerProcess([a, b, c]) as poller:
+        time.sleep(0.3)
+        a.freeze()
+        try:
+            for vm in (first, fits):
+                wait_until(lambda: (v := master.client.vm(vm)).power_state == dm.RUNNING
+                           and v.resident_on != a.uuid, FENCE_AFTER + 8,
+                           "the VM RUNNING on another host", interval=0.1)
+            time.sleep(1.0)  # the retry of the one with no room fails again
+            left = master.client.vm(no_room)
+            assert (left.power_state, left.resident_on) == (dm.HALTED, "")
+        finally:
+            a.thaw()
+        wait_until(lambda: domains_or_none(a) == {}, 5, "the resumed host fenced",
+                   interval=0.1)
+        time.sleep(0.5)
+    seen = poller.sightings
+    for vm in (first, fits):
+        seen.assert_never_twice(vm, a.uuid, master.client.vm(vm).resident_on)
+    assert seen.hosts_of(no_room) == {a.uuid}
+    assert {master.client.vm(vm).resident_on for vm in (first, fits)} == {b.uuid, c.uuid}
 
 
 def test_ha_disabled_nothing_fences_or_restarts(lab: Lab, case: Case) -> None:
     master = lab.start_master(**SETTINGS)
     a, *_ = hosts = slaves(case, master)
     vm = protected_vm(master, a.uuid, "ha-off")
-    with DomainPoller(hosts, vm) as poller:
+    with PollerProcess(hosts) as poller:
         time.sleep(0.3)
         a.freeze()
         try:
@@ -175,7 +155,7 @@ def test_ha_disabled_nothing_fences_or_restarts(lab: Lab, case: Case) -> None:
             a.thaw()
         assert a.domains() == {vm: dm.RUNNING}
         time.sleep(0.5)
-    assert {s.host for s in poller.sightings} == {a.uuid}
+    assert poller.sightings.hosts_of(vm) == {a.uuid}
     assert "SELF-FENCING" not in a.stderr_text()
 
 
@@ -228,7 +208,8 @@ def test_partitioned_host_fences_and_its_vm_restarts_elsewhere(netns_lab: Lab,
     a = ns_case.slave(master, *SLAVE_ARGS)  # inside the test host
     others = [root_side_slave(netns_lab, ns_case, master) for _ in range(2)]
     vm = protected_vm(master, a.uuid, "ha-partition")
-    with DomainPoller([a, *others], vm) as poller:
+    inside, outside = PollerProcess([a], host=netns_lab.host), PollerProcess(others)
+    with inside, outside:
         time.sleep(0.3)
         netns_lab.host.partition()
         cut = time.monotonic()
@@ -245,5 +226,58 @@ def test_partitioned_host_fences_and_its_vm_restarts_elsewhere(netns_lab: Lab,
                    interval=0.1)
         time.sleep(1.0)
     b = moved.resident_on
-    poller.assert_never_twice(a.uuid, b)
-    assert poller.on(b)
+    seen = Sightings(inside.sightings + outside.sightings)
+    seen.assert_never_twice(vm, a.uuid, b)
+    assert seen.on(b, vm) and seen.on(a.uuid, vm) and inside.rounds > 20
+
+
+@pytest.mark.parametrize("outside", [3, 2], ids=["the-master-side-has-a-majority",
+                                                 "an-even-split"])
+def test_hosts_cut_off_from_the_master_and_the_others_never_run_a_vm_twice(
+        netns_lab: Lab, ns_case: Case, outside: int) -> None:
+    """Two hosts in the test host, cut off together from the master and from
+    the `outside` others. They reach one peer each, a minority: both fence. With
+    three outside the master hears a majority and restarts their VMs; with two
+    it hears half, no majority, and restarts nothing. The VMs outside never move."""
+    master = netns_lab.start_master(**SETTINGS)
+    pool_stub(master).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)
+    cut = [ns_case.slave(master, *SLAVE_ARGS) for _ in range(2)]
+    kept = [root_side_slave(netns_lab, ns_case, master) for _ in range(outside)]
+    cut_vms = {protected_vm(master, a.uuid, f"cut-{i}"): a for i, a in enumerate(cut)}
+    kept_vms = {protected_vm(master, b.uuid, f"kept-{i}"): b for i, b in enumerate(kept)}
+    inside, root_side = PollerProcess(cut, host=netns_lab.host), PollerProcess(kept)
+    with inside, root_side:
+        time.sleep(0.3)
+        netns_lab.host.partition()
+        try:
+            for a in cut:
+                wait_until(lambda: "SELF-FENCING" in a.stderr_text(), FENCE_AFTER + 3,
+                           "the cut-off host fenced")
+            if outside == 3:
+                for vm in cut_vms:
+                    wait_until(lambda: (v := master.client.vm(vm)).power_state == dm.RUNNING
+                               and v.resident_on not in {a.uuid for a in cut}, FENCE_AFTER + 8,
+                               "the VM RUNNING on a host outside", interval=0.1)
+            else:
+                time.sleep(FENCE_AFTER + 3)  # past the restart it must not make
+        finally:
+            netns_lab.host.heal()
+        for a in cut:
+            wait_until(lambda: domains_or_none(a) == {}, 5, "the healed host's empty list",
+                       interval=0.1)
+        time.sleep(1.0)
+    seen = Sightings(inside.sightings + root_side.sightings)
+    assert inside.rounds > 20 and root_side.rounds > 20
+    for vm, a in cut_vms.items():
+        assert seen.on(a.uuid, vm), "the inside poller saw the VM on its host"
+        now_on = master.client.vm(vm).resident_on
+        if outside == 3:
+            assert seen.hosts_of(vm) == {a.uuid, now_on}
+            seen.assert_never_twice(vm, a.uuid, now_on)
+        else:
+            assert seen.hosts_of(vm) == {a.uuid}  # never restarted: no majority
+    for vm, b in kept_vms.items():
+        assert seen.hosts_of(vm) == {b.uuid}
+        got = master.client.vm(vm)
+        assert (got.power_state, got.resident_on) == (dm.RUNNING, b.uuid)
+        assert vm in b.domains()

@@ -65,3 +65,15 @@ def test_config_is_pushed_to_open_streams_on_change(tmp_path):
         await world.add_vm("v")  # VMs do not change what slaves are told
         assert pushed == []
     run(body, tmp_path)
+
+
+def test_a_new_leader_knows_the_lease_of_a_host_that_has_not_said_hello_to_it(tmp_path):
+    async def body(world: World):
+        sessions, _, _ = wired(world)
+        await sessions.hello(pb.Hello(host_uuid=HOST, address="10.0.0.1:9",
+                                      fence_after_ms=30_000))
+        assert world.store.get("host", HOST).fence_after_ms == 30_000  # durable
+        _, successor, _ = wired(world)  # another master, same store, no Hello yet
+        assert successor.fence_after(HOST) == 30.0
+        assert successor.fence_after("22222222-2222-4222-8222-222222222222") == 10.0
+    run(body, tmp_path)

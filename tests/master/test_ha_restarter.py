@@ -8,11 +8,12 @@ from tests.master.test_lifecycle import lifecycle
 from tests.master.test_pool_ha import protected
 from tests.master.world import GIB, World, run
 from xcp_control.errors import XcpError
-from xcp_control.master.ha_restart import Restarter, fenced_by
+from xcp_control.lease import hold_bound
+from xcp_control.master.ha_restart import PROOF_RETRY, Restarter, fenced_by
 from xcp_control.master.pool_ha import PoolHa
 from xcp.v1 import datamodel_pb2 as dm
 
-FENCE_AFTER, DETECT = 4.0, 1.0
+FENCE_AFTER, DETECT, TRANSPORT = 4.0, 1.0, 1.5
 
 
 class Clock:
@@ -22,13 +23,25 @@ class Clock:
         return self.now
 
 
-async def rig(world: World, enabled=True, hosts=3):
+class Proof:
+    """The quorum proof (ha_quorum.py), scripted: what it was asked, what it says."""
+
+    def __init__(self) -> None:
+        self.holds_now = True
+        self.asked: list[tuple[list[str], set[str], float]] = []
+
+    async def holds(self, pool, lost, needed) -> bool:
+        self.asked.append((list(pool), set(lost), needed))
+        return self.holds_now
+
+
+async def rig(world: World, enabled=True, hosts=3, proof=None):
     life, fwd = lifecycle(world)
     ha = world.pool.plan = PoolHa(world.store, world.liveness)
     await ha.configure(enabled, 0)
     clock = Clock()
     restarter = Restarter(world.store, world.liveness, ha, life, lambda h: FENCE_AFTER,
-                          DETECT, clock)
+                          DETECT, clock, proof=proof or Proof(), transport_bound=TRANSPORT)
     world.liveness.add_listener(restarter.on_flip)
     world.store.add_listener(restarter.on_changes)
     added = [await world.add_host(f"h{i}") for i in range(hosts)]
@@ -148,4 +161,44 @@ def test_best_effort_only_where_room_remains(tmp_path):
         clock.now += 0.5
         await restarter.step()  # backing off: not even tried
         assert len(fwd.calls) == 1
+    run(body, tmp_path)
+
+
+def test_nothing_restarts_until_a_majority_vouches_for_the_hold_bound(tmp_path):
+    async def body(world: World):
+        proof = Proof()
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world, proof=proof)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) + 0.01
+        proof.holds_now = False
+        await restarter.step()
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
+        pool, lost, needed = proof.asked[-1]
+        assert sorted(pool) == sorted(h.uuid for h in (h0, h1, h2)) and lost == {h0.uuid}
+        assert needed == hold_bound(FENCE_AFTER, TRANSPORT, DETECT)
+        proof.holds_now = True
+        clock.now += PROOF_RETRY / 2  # a failed proof is not asked again at once
+        await restarter.step()
+        assert len(proof.asked) == 1 and fwd.calls == []
+        clock.now += PROOF_RETRY
+        await restarter.step()
+        assert len(proof.asked) == 2
+        assert state(world, vm)[0:2] != (dm.RUNNING, h0.uuid)
+        assert [c for c in fwd.calls if c[1] == "StartDomain"]
+    run(body, tmp_path)
+
+
+def test_hosts_only_restored_for_the_grace_make_no_quorum(tmp_path):
+    async def body(world: World):
+        proof = Proof()
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world, proof=proof)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        # A restarted master: all three restored as live, only h0 lost later.
+        world.liveness.restore([(h.uuid, True) for h in (h1, h2)], clock.now)
+        world.liveness.mark_down(h0.uuid)
+        clock.now += 60
+        await restarter.step()
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and proof.asked == []
     run(body, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from xcp_control.lease import REJOIN_WINDOW
 from xcp_control.slave.ha_guard import SelfFencing
 from xcp_control.slave.hypervisor import SimulatedHypervisor
 from xcp_control.slave.self_fence import HaConfig
@@ -20,9 +21,26 @@ class Rig:
         self.connected = True
         self.peers_answer = peers_answer
         self.asked = 0
+        self.rejoins = 0
+        self.since = self.now  # when the stream last connected
         self.hv = SimulatedHypervisor(HOST, 8 * GIB)
-        self.guard = SelfFencing(HOST, self.hv, lambda: self.connected, lambda: 1.5,
-                                 self.ask, lambda: self.now)
+        self.guard = SelfFencing(HOST, self.hv, lambda: self.since if self.connected else None,
+                                 lambda: 1.5, self.ask, lambda: self.now, rejoin=self.rejoin)
+
+    def rejoin(self) -> None:
+        self.rejoins += 1
+        self.rejoined_at = self.now
+
+    async def tick_until(self, done, limit: float) -> float:
+        """Tick until done() (at most `limit` seconds); the time it took."""
+        start = self.now
+        while not done():
+            assert self.now - start <= limit, "not within the limit"
+            await self.tick_for(0.25)
+        return self.now - start
+
+    def reconnect(self) -> None:
+        self.connected, self.since = True, self.now
 
     async def ask(self, peers):
         self.asked += 1
@@ -68,8 +86,8 @@ def test_a_lost_stream_fences_within_the_lease_and_refuses_until_acknowledged():
         await rig.tick_for(1.0)
         assert rig.guard.fenced and rig.now - lost <= 4.0
         assert await rig.hv.list_domains() == [] and rig.guard.fences == 1
-        assert not rig.guard.hears_leader()
-        rig.connected = True  # the leader acknowledges us again
+        assert rig.guard.peer_status() == (False, 0.0) and rig.rejoins == 0
+        rig.reconnect()  # the leader acknowledges us again
         await rig.tick_for(0.25)
         assert not rig.guard.fenced
     run(body)
@@ -118,7 +136,8 @@ def test_a_resumed_slave_does_not_trust_its_stale_stream():
         rig.now += 10.0  # stopped; the stream looks open to us when we wake
         await rig.guard.check()
         assert rig.guard.fenced and await rig.hv.list_domains() == []
-        assert not rig.guard.hears_leader()
+        # Peers are told the stale flag: "I hear it" makes them fence, the safe side.
+        assert rig.guard.peer_status()[0] is True
         # Still "connected" after the transport had time to notice: trusted again.
         await rig.tick_for(2.0)
         assert not rig.guard.fenced
@@ -132,7 +151,51 @@ def test_a_short_stop_does_not_fence_but_holds_confirms():
         await rig.tick_for(1)
         rig.now += 1.2  # a short stop, inside the 1.5 s lease
         await rig.guard.check()
-        assert not rig.guard.fenced and not rig.guard.hears_leader()
+        assert not rig.guard.fenced and rig.guard.peer_status()[0] is True
         await rig.tick_for(0.5)
         assert rig.guard.fenced  # no confirm for transport_bound: the lease ran out
     run(body)
+
+
+async def held_rig() -> Rig:
+    """A slave with one domain, holding it by the liveset rule for 10 s now
+    (its stream is down and no peer hears the leader: the master tier is down)."""
+    rig = Rig(peers_answer=(2, 0))
+    rig.guard.configure(config())
+    await rig.hv.start("vm1", GIB, 1, False)
+    rig.connected = False
+    await rig.tick_for(10)
+    return rig
+
+
+def test_a_held_lease_whose_peers_hear_the_leader_rejoins_before_fencing():
+    async def body():
+        rig = await held_rig()
+        assert not rig.guard.fenced and rig.guard.lease.held
+        rig.peers_answer = (2, 1)  # the master is back and a peer reconnected first
+        await rig.tick_for(2.0)
+        assert rig.rejoins == 1 and not rig.guard.fenced  # reconnecting, domains kept
+        rig.reconnect()
+        await rig.tick_for(REJOIN_WINDOW + 5)
+        assert not rig.guard.fenced and len(await rig.hv.list_domains()) == 1
+        assert not rig.guard.lease.held
+    run(body)
+
+
+def test_a_held_lease_not_acknowledged_within_the_rejoin_window_fences():
+    async def body():
+        rig = await held_rig()
+        rig.peers_answer = (2, 1)
+        await rig.tick_until(lambda: rig.rejoins, 1.5 + 0.25)  # one hold_extension on
+        assert not rig.guard.fenced
+        took = await rig.tick_until(lambda: rig.guard.fenced, REJOIN_WINDOW + 0.25)
+        assert took >= REJOIN_WINDOW - 0.25 and await rig.hv.list_domains() == []
+    run(body)
+
+
+def test_peer_status_says_how_long_the_stream_has_been_up():
+    rig = Rig()
+    rig.since = rig.now - 42.0
+    assert rig.guard.peer_status() == (True, 42.0)
+    rig.connected = False
+    assert rig.guard.peer_status() == (False, 0.0)

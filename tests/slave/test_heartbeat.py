@@ -238,3 +238,33 @@ def test_stop_before_run_returns_at_once():
         await client.run()  # sees the stop and ends without connecting
         assert client.sessions == 0 and not client.connected
     asyncio.run(go())
+
+
+def test_retry_now_skips_the_backoff_and_connected_since_follows_the_stream():
+    """HA's rejoin (ha_guard.py): a slave whose held lease ended must not sit
+    out a long backoff. The backoff here is minutes; retry_now() ends it."""
+    async def body():
+        hv = SimulatedHypervisor("22222222-2222-4222-8222-222222222222", 1 << 30)
+        clock = [50.0]
+        client = HeartbeatClient("127.0.0.1:1", HostIdentity(hv.host_uuid, "h", "a:1"), hv,
+                                 reconnect=Reconnect(cap=600.0, busy_cap=600.0,
+                                                     rng=random.Random(7)),
+                                 clock=lambda: clock[0])
+        attempts = asyncio.Queue()
+
+        async def session():
+            client.connected = True  # as a welcome does
+            assert client.connected_since == 50.0
+            await attempts.put(client.connected_since)
+            raise TurnedAway("scripted")
+
+        client._session = session
+        runner = asyncio.create_task(client.run())
+        await asyncio.wait_for(attempts.get(), 5)
+        assert not client.connected and client.connected_since is None
+        client.retry_now()
+        await asyncio.wait_for(attempts.get(), 5)  # not after minutes of backoff
+        await client.stop()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    asyncio.run(body())

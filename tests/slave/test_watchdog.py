@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.watchdog import KernelWatchdog
-from xcp_control.master.ha_restart import FIXED_MARGIN
+from xcp_control.lease import FIXED_MARGIN, REJOIN_WINDOW
 from xcp_control.settings import SlaveSettings
 from xcp_control.slave.ha_guard import SelfFencing
 from xcp_control.slave.hypervisor import SimulatedHypervisor
@@ -71,8 +71,8 @@ class Rig:
         self.connected = True
         self.peers_answer, self.answer_takes, self.asked = peers_answer, answer_takes, 0
         self.hv = SimulatedHypervisor(HOST, 8 * GIB)
-        self.guard = SelfFencing(HOST, self.hv, lambda: self.connected, lambda: TRANSPORT,
-                                 self.ask, lambda: self.now)
+        self.guard = SelfFencing(HOST, self.hv, lambda: 0.0 if self.connected else None,
+                                 lambda: TRANSPORT, self.ask, lambda: self.now)
         self.device = tmp_path / "watchdog"
         self.device.write_bytes(b"")
         self.dog = ModelledWatchdog(str(self.device), lambda: self.now)
@@ -231,6 +231,42 @@ def test_master_tier_down_the_renewed_lease_is_petted_in_time(tmp_path):
         assert not rig.guard.fenced and rig.asked >= 15 and rig.fired() == []
         assert len(rig.done(RELEASED)) >= 15 and len(await rig.hv.list_domains()) == 1
         assert rig.kernel.running
+    run(body)
+
+
+def test_after_a_hold_the_rejoin_window_is_petted_then_the_host_resets(tmp_path):
+    """The master tier is back and the peers reconnected first: a slave that
+    was holding gets the rejoin window, petted through; not acknowledged by
+    its end, it fences and the host resets by the window's end + GRACE."""
+    async def body():
+        rig = Rig(tmp_path, peers_answer=(2, 0), answer_takes=0.02)
+        rig.configure(SHORT)
+        await rig.run_for(1)
+        rig.connected = False
+        await rig.run_for(3)  # held
+        assert rig.guard.lease.held and not rig.guard.fenced
+        rig.peers_answer = (2, 2)  # the others hear the leader again
+        await rig.run_for(1.5)
+        window_end = rig.guard.rejoin_by
+        assert window_end is not None and rig.fired() == [] and not rig.guard.fenced
+        await rig.run_for(REJOIN_WINDOW)
+        assert rig.guard.fenced and rig.fired()[0] <= window_end + GRACE
+    run(body)
+
+
+def test_a_slave_rejoining_within_the_window_is_never_reset(tmp_path):
+    async def body():
+        rig = Rig(tmp_path, peers_answer=(2, 0), answer_takes=0.02)
+        rig.configure(SHORT)
+        await rig.run_for(1)
+        rig.connected = False
+        await rig.run_for(3)
+        rig.peers_answer = (2, 2)
+        await rig.run_for(1.5)
+        assert rig.guard.rejoin_by is not None
+        rig.connected = True  # acknowledged inside the window
+        await rig.run_for(3)
+        assert not rig.guard.fenced and rig.fired() == [] and rig.dog.armed
     run(body)
 
 

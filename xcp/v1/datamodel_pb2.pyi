@@ -33,7 +33,7 @@ RESTART: HaRestartPriority
 BEST_EFFORT: HaRestartPriority
 
 class Host(_message.Message):
-    __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config")
+    __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config", "fence_after_ms")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,13 +47,15 @@ class Host(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name_label: str
     address: str
     enabled: bool
     metrics: str
     other_config: _containers.ScalarMap[str, str]
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., enabled: _Optional[bool] = ..., metrics: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    fence_after_ms: int
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., enabled: _Optional[bool] = ..., metrics: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., fence_after_ms: _Optional[int] = ...) -> None: ...
 
 class HostMetrics(_message.Message):
     __slots__ = ("uuid", "host", "live", "last_updated", "memory_total", "memory_free")

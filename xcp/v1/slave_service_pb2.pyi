@@ -12,10 +12,12 @@ class PeerStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerStatusResponse(_message.Message):
-    __slots__ = ("hears_leader",)
+    __slots__ = ("hears_leader", "connected_for_ms")
     HEARS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FOR_MS_FIELD_NUMBER: _ClassVar[int]
     hears_leader: bool
-    def __init__(self, hears_leader: _Optional[bool] = ...) -> None: ...
+    connected_for_ms: int
+    def __init__(self, hears_leader: _Optional[bool] = ..., connected_for_ms: _Optional[int] = ...) -> None: ...
 
 class Domain(_message.Message):
     __slots__ = ("vm_uuid", "state", "memory", "vcpus")

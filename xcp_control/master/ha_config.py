@@ -7,7 +7,9 @@ config is pushed to every open stream. Nothing here runs per beat: only a
 Hello, a SetHaConfig or a Host change does work.
 
 fence_after is the slave's setting (`xcp-slave --fence-after`), sent in its
-Hello and kept here per host (the restarter reads it: ha_restart.py). One
+Hello and kept here per host (the restarter reads it: ha_restart.py), and in
+the store (Host.fence_after_ms), so that a new leader knows the lease of a
+host that has not said Hello to it yet. One
 not above the leader's detection bound (dead_after) plus the slave's
 transport bound (three PING intervals) is raised to that floor + 1 s: the
 slave counts its lease that much earlier than the last moment it saw its
@@ -51,7 +53,14 @@ class HaAnnouncer:
         self.open_hosts: Callable[[], Iterable[str]] = lambda: ()
 
     def fence_after(self, host: str) -> float:
-        return self._fence_after.get(host, DEFAULT_FENCE_AFTER)
+        """The host's lease: as agreed at its Hello to us, else as stored from
+        its Hello to an earlier leader (a failover), else the default."""
+        if host in self._fence_after:
+            return self._fence_after[host]
+        record = self._store.get("host", host)
+        if record is not None and record.fence_after_ms:
+            return record.fence_after_ms / 1000
+        return DEFAULT_FENCE_AFTER
 
     def keep(self, host: str, hello: pb.Hello) -> None:
         """A Hello: keep the host's fence_after. One not above the floor

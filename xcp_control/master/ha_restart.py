@@ -1,13 +1,14 @@
 """When and in what order the leader restarts the VMs of a failed host
 (xapi's HA restart), as plain logic on an injected monotonic clock.
 
-A host is restartable once it must have fenced: the lease rule counts from
-the moment the leader saw the host's heartbeat stream end (`lost_at`) less the
-leader's own detection bound, which the slave subtracts too
-(slave/self_fence.py), plus fence_after and a margin for clock rates and
-scheduling. DeclareDead is the operator asserting the fence: restartable at
-once. A leader that hears from no majority of hosts restarts nothing (it may
-be the one cut off).
+A host is restartable once it must have fenced (the lease rule,
+xcp_control/lease.py): its fresh lease has run out (`fenced_by`, counted from
+the moment the leader saw its heartbeat stream end, `lost_at`), and a majority
+of the pool's hosts, asked then, vouch that no lease could still be held by
+the liveset rule (master/ha_quorum.py). DeclareDead is the operator asserting
+the fence: restartable at once. A leader that hears from no majority of hosts
+restarts nothing (it may be the one cut off); one that has just started or
+been elected restarts nothing until the hosts have been back for hold_bound.
 
 The order: RESTART VMs by ha_restart_order (then uuid), then BEST_EFFORT the
 same way; unprotected VMs are only set HALTED (they died with the fence).
@@ -22,21 +23,17 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from xcp_control.errors import XcpError
+from xcp_control.lease import fenced_by, hold_bound
 from xcp_control.model import copy
 from xcp.v1 import datamodel_pb2 as dm
 
 log = logging.getLogger(__name__)
 
-RATE_MARGIN = 0.01  # clocks may run 1 % apart over fence_after (NTP keeps them far closer)
-FIXED_MARGIN = 0.25  # seconds: the slave's fence check tick and the destroy itself
+__all__ = ["PendingRestarts", "Restarter", "fenced_by", "has_quorum", "restart_sequence"]
+
+PROOF_RETRY = 1.0  # seconds between two quorum proofs that failed (each asks every host)
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed start
 RETRY_CAP = 30.0  # longest wait between two retries
-
-
-def fenced_by(lost_at: float, fence_after: float, detect_bound: float) -> float:
-    """The moment (leader's clock) after which a host silent since `lost_at`
-    has certainly fenced."""
-    return lost_at - detect_bound + fence_after * (1 + RATE_MARGIN) + FIXED_MARGIN
 
 
 def has_quorum(live_hosts: int, hosts: int) -> bool:
@@ -107,8 +104,8 @@ class Restarter:
     """The leader's HA restarts, as a liveness listener and one task.
 
     A host's flip to not live records lost_at (DeclareDead marks its VMs
-    itself: pool.py). Once `fenced_by` has passed, with a quorum of live
-    hosts, while HA is enabled and this master leads, the host's VMs are set
+    itself: pool.py). Once `fenced_by` has passed and the quorum proof
+    holds, while HA is enabled and this master leads, the host's VMs are set
     HALTED in one commit, the protected ones marked ha_restart_pending
     (durable: a new leader restarts marked VMs, and a VM is only ever started
     from HALTED under its operation lock, so never twice). Marked VMs are then
@@ -117,18 +114,22 @@ class Restarter:
     waits; failures back off."""
 
     def __init__(self, store, liveness, pool_ha, lifecycle, fence_after, detect_bound: float,
-                 clock, acting=lambda: True, tick: float = 0.25) -> None:
+                 clock, proof, transport_bound: float, acting=lambda: True,
+                 tick: float = 0.25) -> None:
         self._store = store
         self._liveness = liveness
         self._pool_ha = pool_ha
         self._lifecycle = lifecycle
         self._fence_after = fence_after  # host -> seconds (ha_config.HaAnnouncer.fence_after)
         self._detect_bound = detect_bound
+        self._transport_bound = transport_bound  # the slaves' (ha_config.HaAnnouncer)
+        self._proof = proof  # ha_quorum.QuorumProof
         self._clock = clock
         self._acting = acting
         self._tick = tick
         self.lost: dict[str, float] = {}  # host -> when the leader saw it go
         self.pending = PendingRestarts()
+        self._proof_not_before = 0.0  # after a failed proof, when to ask again
         self._wake = None  # asyncio.Event, made in run()
         # Scan the VMs for marked ones only when some may exist: at the start,
         # when a marked VM is written, and while restarts are pending.
@@ -179,15 +180,31 @@ class Restarter:
         if not self._may_act():
             return
         now = self._clock()
-        hosts = self._store.list("host")
-        live = sum(1 for h in hosts if self._liveness.is_live(h.uuid))
-        for host, lost_at in list(self.lost.items()):
-            if self._liveness.is_live(host):
-                self.lost.pop(host, None)
-            elif now >= fenced_by(lost_at, self._fence_after(host), self._detect_bound) \
-                    and has_quorum(live, len(hosts)):
-                await self._fail(host)
+        ready = self._due(now)
+        if ready and now >= self._proof_not_before and await self._proven(ready, now):
+            for host in ready:
+                if self._may_act() and host in self.lost and not self._liveness.is_live(host):
+                    await self._fail(host)
         await self._restart(now)
+
+    def _due(self, now: float) -> list[str]:
+        """Lost hosts whose fresh lease has certainly run out."""
+        for host in [h for h in self.lost if self._liveness.is_live(h)]:
+            self.lost.pop(host, None)
+        return [host for host, lost_at in self.lost.items()
+                if now >= fenced_by(lost_at, self._fence_after(host), self._detect_bound)]
+
+    async def _proven(self, ready: list[str], now: float) -> bool:
+        """The quorum proof (ha_quorum.py) for the longest hold any of them may have."""
+        hosts = [h.uuid for h in self._store.list("host")]
+        if not has_quorum(self._liveness.acknowledged_count, len(hosts)):
+            return False
+        needed = max(hold_bound(self._fence_after(h), self._transport_bound, self._detect_bound)
+                     for h in ready)
+        if await self._proof.holds(hosts, set(self.lost), needed):
+            return True
+        self._proof_not_before = now + PROOF_RETRY
+        return False
 
     async def _fail(self, host: str) -> None:
         from xcp_control.master.pool import halted_after_failure  # pool imports pool_ha
@@ -243,12 +260,12 @@ class Restarter:
     async def run(self) -> None:
         self._wake = asyncio.Event()
         while True:
+            self._wake.clear()  # before the pass: a poke during it means run again
             try:
                 await self.step()
             except Exception:  # noqa: BLE001 - keep restarting whatever one pass hit
                 log.exception("HA restart pass failed")
             busy = bool(self.lost) or len(self.pending) > 0
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._tick if busy else 5.0)
             except TimeoutError:

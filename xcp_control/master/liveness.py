@@ -74,6 +74,15 @@ class Liveness:
     def is_live(self, host: str) -> bool:
         return host in self._last_seen
 
+    def acknowledged(self, host: str) -> bool:
+        """Live because it said Hello to this master, not only restored as
+        live for the startup grace."""
+        return host in self._last_seen and host not in self._restored
+
+    @property
+    def acknowledged_count(self) -> int:
+        return len(self._last_seen) - len(self._restored)  # restored ones are in both
+
     def last_seen(self, host: str) -> float | None:
         return self._last_seen.get(host)
 

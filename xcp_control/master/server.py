@@ -33,6 +33,7 @@ from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.ha_config import HaAnnouncer
+from xcp_control.master.ha_quorum import QuorumProof, forwarded_ask
 from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
                                            pool_families)
@@ -148,6 +149,8 @@ class Master:
         self.restarter = Restarter(
             self.store, self.liveness, self.pool_ha, self.lifecycle, self.ha_config.fence_after,
             detect_bound=s.dead_after, clock=self.clock,
+            proof=QuorumProof(self.liveness, forwarded_ask(self.forwarder)),
+            transport_bound=self.ha_config.transport_bound,
             acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains)

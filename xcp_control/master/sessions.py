@@ -96,9 +96,11 @@ class HeartbeatSessions:
         host = validation.uuid("hello.host_uuid", hello.host_uuid)
         epoch = self.gate() if self.gate is not None else 0
         self._check_caller(host)
+        fence_after_ms = 0
         if self.ha is not None:
             self.ha.keep(host, hello)
-        await self._register(host, hello)
+            fence_after_ms = round(self.ha.fence_after(host) * 1000)
+        await self._register(host, hello, fence_after_ms)
         session = Session(host, self._liveness.attach(host), epoch)
         self.reports += 1
         self._liveness.beat(host, self._clock())
@@ -179,8 +181,9 @@ class HeartbeatSessions:
         for listener in self._domain_listeners:
             listener(host, domains)
 
-    async def _register(self, host: str, hello: pb.Hello) -> None:
-        """Create Host + HostMetrics for a new host; update a changed address."""
+    async def _register(self, host: str, hello: pb.Hello, fence_after_ms: int = 0) -> None:
+        """Create Host + HostMetrics for a new host; update a changed address
+        or lease length (HA: durable before the answer tells the slave)."""
         name = hello.name_label if hello.name_label.strip() else host[:8]
         validation.name("hello.name_label", name)
         record = self._store.get("host", host)
@@ -191,13 +194,15 @@ class HeartbeatSessions:
             await self._store.commit([
                 Put(metrics),
                 Put(datamodel_pb2.Host(uuid=host, name_label=name, address=hello.address,
-                                       enabled=hello.enabled, metrics=metrics.uuid))])
+                                       enabled=hello.enabled, metrics=metrics.uuid,
+                                       fence_after_ms=fence_after_ms))])
             return
         # The master's `enabled` is authoritative once the host is known: a
         # restarted slave must not re-enable a host an operator disabled.
-        if (record.address, record.name_label) != (hello.address, name):
+        wanted = (hello.address, name, fence_after_ms or record.fence_after_ms)
+        if (record.address, record.name_label, record.fence_after_ms) != wanted:
             updated = copy(record)
-            updated.address, updated.name_label = hello.address, name
+            updated.address, updated.name_label, updated.fence_after_ms = wanted
             await self._store.put(updated)
 
     def on_flip(self, host: str, live: bool) -> None:

@@ -152,7 +152,8 @@ PEER_METHODS = frozenset({"/xcp.v1.SlaveService/PeerStatus"})
 
 def slave_policy(identity: Identity, method: str) -> bool:
     """On a slave, only the master may call, but for PeerStatus, which the
-    other hosts ask (HA's liveset rule) and which reveals one boolean."""
+    other hosts ask too (HA's liveset rule) and which reveals only whether and
+    how long this host has been connected."""
     if method in PEER_METHODS:
         return identity.role in ("master", "host")
     return identity.role == "master"

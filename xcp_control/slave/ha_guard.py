@@ -13,9 +13,21 @@ heartbeat stream, checked every tick and before every SlaveService call.
 2. When the lease ran out: the liveset rule. Ask every peer (PeerStatus,
    short deadline) whether it hears the leader; a majority reached and none
    hearing it means the master tier is down, not us: keep the domains and
-   count again. Otherwise fence: refuse domain operations at once, destroy
-   every domain, log it loudly; until the next confirm, domain operations get
-   HOST_FENCED.
+   ask again one hold_extension later (xcp_control/lease.py). Otherwise fence:
+   refuse domain operations at once, destroy every domain, log it loudly;
+   until the next confirm, domain operations get HOST_FENCED.
+3. A slave whose lease was held when the answer changes does not fence at
+   once: after a master-tier outage the others may just have reconnected
+   first. It reconnects now (skipping its backoff) and fences only if it is
+   not acknowledged within REJOIN_WINDOW. The leader allows for this: it
+   restarts nothing until a majority of hosts have been connected for
+   hold_bound (master/ha_quorum.py).
+
+What PeerStatus answers others is our stream's own flag, unfiltered, and
+how long it has been connected: "I hear the leader" is the answer that makes
+a peer fence rather than keep, so when in doubt (a stale flag after a pause)
+it is the safe one, and the leader's quorum proof (lease.py, 3.) relies on a
+host connected throughout a period having said so throughout it.
 
 Because the check also runs first in every SlaveService call
 (`GuardInterceptor`), a slave resumed past its lease fences before it answers
@@ -31,6 +43,7 @@ from typing import Awaitable, Callable, Sequence
 import grpc
 
 from xcp_control import errors
+from xcp_control.lease import PEER_DEADLINE, REJOIN_WINDOW, TICK
 from xcp_control.rpc.channels import open_channel
 from xcp_control.security.pki import host_dns_name
 from xcp_control.slave.hypervisor import Hypervisor
@@ -39,9 +52,7 @@ from xcp.v1 import slave_service_pb2 as pb, slave_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-TICK = 0.25  # seconds between two checks of the lease
 GAP = 1.0  # a pause between ticks this long means our view of the stream is stale
-PEER_DEADLINE = 0.5  # seconds each peer gets to answer PeerStatus
 PEER_METHOD = "/xcp.v1.SlaveService/PeerStatus"
 # Calls that change domains: refused while fenced. ListDomains (it answers
 # the empty list), SetEnabled and PeerStatus still answer.
@@ -55,18 +66,22 @@ AskPeers = Callable[[Sequence[tuple[str, str]]], Awaitable[tuple[int, int]]]
 class SelfFencing:
     """The lease, the liveset rule and the fence itself."""
 
-    def __init__(self, host: str, hypervisor: Hypervisor, hears_leader: Callable[[], bool],
+    def __init__(self, host: str, hypervisor: Hypervisor,
+                 connected_since: Callable[[], float | None],
                  transport_bound: Callable[[], float], ask_peers: AskPeers,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 rejoin: Callable[[], None] = lambda: None) -> None:
         self.host = host
         self._hv = hypervisor
-        self._hears_leader = hears_leader
+        self._connected_since = connected_since  # our stream's, None while down
+        self._rejoin = rejoin  # reconnect to the leader now, skipping the backoff
         self._transport_bound = transport_bound
         self._ask_peers = ask_peers
         self._clock = clock
         self.lease = FenceLease(transport_bound())
         self._last_tick: float | None = None
         self._hold_until = 0.0  # no confirm before this (after a gap)
+        self._rejoin_by: float | None = None  # a held lease ended: fence unless back by then
         self._lock = asyncio.Lock()
         self.fences = 0  # how many times this host fenced (tests, metrics)
 
@@ -74,12 +89,19 @@ class SelfFencing:
     def fenced(self) -> bool:
         return self.lease.fenced
 
-    def hears_leader(self) -> bool:
-        """What PeerStatus answers: our stream is open, and we trust that view."""
-        now = self._clock()
-        fresh = self._last_tick is None or now - self._last_tick <= GAP
-        return self._hears_leader() and fresh and now >= self._hold_until \
-            and not self.lease.fenced
+    @property
+    def rejoin_by(self) -> float | None:
+        """A held lease ran out without "keep": fenced unless acknowledged by then."""
+        return self._rejoin_by  # read by the host watchdog (watchdog.py)
+
+    def _hears_leader(self) -> bool:
+        return self._connected_since() is not None
+
+    def peer_status(self) -> tuple[bool, float]:
+        """What PeerStatus answers: whether our stream is up (its own flag,
+        unfiltered: the safe answer when in doubt), and for how long."""
+        since = self._connected_since()
+        return (False, 0.0) if since is None else (True, max(self._clock() - since, 0.0))
 
     def configure(self, config: HaConfig) -> None:
         """An HA config from the leader (heartbeat.py's on_ha)."""
@@ -108,7 +130,12 @@ class SelfFencing:
             self.lease.transport_bound = self._transport_bound()  # follows the interval
             if self._hears_leader() and now >= self._hold_until:
                 self.lease.confirm(now)
-            if self.lease.due(now):
+                self._rejoin_by = None
+            if self._rejoin_by is not None:
+                if now >= self._rejoin_by:
+                    self._rejoin_by = None
+                    await self._fence("not acknowledged again within the rejoin window")
+            elif self.lease.due(now):
                 await self._lease_ran_out(now)
 
     async def _lease_ran_out(self, now: float) -> None:
@@ -121,16 +148,23 @@ class SelfFencing:
                         "the domains", reached, len(peers))
             self.lease.extend(self._clock())
             return
-        await self._fence(reached, hearing, len(peers))
+        why = f"{reached} of {len(peers)} peers reached, {hearing} hear the leader"
+        if self.lease.held:
+            # The master tier may be back and the others reconnected first.
+            self._rejoin_by = self._clock() + REJOIN_WINDOW
+            log.warning("the liveset no longer says keep (%s): reconnecting to the leader "
+                        "now; fencing unless acknowledged within %.1fs", why, REJOIN_WINDOW)
+            self._rejoin()
+            return
+        await self._fence(why)
 
-    async def _fence(self, reached: int, hearing: int, peers: int) -> None:
+    async def _fence(self, why: str) -> None:
         self.lease.fence()  # refuse domain operations from now on
         self.fences += 1
         domains = await self._hv.list_domains()
         log.critical("SELF-FENCING host %s: no acknowledgement from the leader for %.1fs "
-                     "(%d of %d peers reached, %d hear the leader): destroying %d domains; "
-                     "domain operations are refused until the leader acknowledges us",
-                     self.host, self.lease.config.fence_after, reached, peers, hearing,
+                     "(%s): destroying %d domains; domain operations are refused until the "
+                     "leader acknowledges us", self.host, self.lease.config.fence_after, why,
                      len(domains))
         for domain in domains:
             try:
@@ -151,7 +185,7 @@ class SelfFencing:
 def peer_asker(credentials: grpc.ChannelCredentials | None) -> AskPeers:
     """PeerStatus on every peer at once, each within PEER_DEADLINE: (reached,
     hearing the leader)."""
-    async def ask_one(uuid: str, address: str) -> bool | None:
+    async def ask_one(uuid: str, address: str) -> bool | None:  # None: not reached
         try:
             async with open_channel(address, [], credentials, host_dns_name(uuid)) as channel:
                 answer = await pb_grpc.SlaveServiceStub(channel).PeerStatus(

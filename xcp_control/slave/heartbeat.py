@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Callable
 
 import grpc
@@ -80,7 +81,8 @@ class HeartbeatClient:
                  reconnect: Reconnect | None = None,
                  on_epoch: Callable[[int], None] | None = None,
                  fence_after: float = 0.0,
-                 on_ha: Callable[[HaConfig], None] | None = None) -> None:
+                 on_ha: Callable[[HaConfig], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # Several masters (comma-separated): which one to talk to (masters.py).
         self._masters = MasterList(master)
         self._on_epoch = on_epoch
@@ -92,7 +94,9 @@ class HeartbeatClient:
         self._interval = interval
         self._report_interval = interval
         self._reconnect = reconnect or Reconnect(reconnect_cap, rng=rng)
+        self._clock = clock
         self._stop = asyncio.Event()
+        self._retry = asyncio.Event()  # retry_now(): end the backoff wait
         self._stop_reason = "shutdown"
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()  # domains changed, or the master asked for them
@@ -101,9 +105,27 @@ class HeartbeatClient:
         self._snapshot_version = -1  # value of _domain_changes the snapshot reflects
         self._domain_changes = 0  # bumped by the hypervisor's change listener
         self._unsubscribe = hypervisor.add_listener(self._domains_changed)
-        self.connected = False  # a Hello was answered and the stream is up
+        self.connected_since: float | None = None  # when the Hello was answered; None: down
         self.sessions = 0  # Hello replies received so far, for tests and metrics
         self.reports = 0  # Beats sent, for tests and metrics
+
+    @property
+    def connected(self) -> bool:
+        """A Hello was answered and the stream is up."""
+        return self.connected_since is not None
+
+    @connected.setter
+    def connected(self, up: bool) -> None:
+        if not up:
+            self.connected_since = None
+        elif self.connected_since is None:
+            self.connected_since = self._clock()
+
+    def retry_now(self) -> None:
+        """Try the master again at once, skipping what is left of the backoff
+        (HA: a slave whose held lease ended must rejoin quickly)."""
+        self._reconnect.welcomed()
+        self._retry.set()
 
     @property
     def master(self) -> str:
@@ -319,7 +341,12 @@ class HeartbeatClient:
         return self._snapshot
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
+        """Sleep `seconds`, less if stopped or told to retry now (also by a
+        retry_now() that came while the last attempt ran)."""
+        waits = {asyncio.ensure_future(e.wait()) for e in (self._stop, self._retry)}
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            self._retry.clear()

@@ -2,25 +2,19 @@
 acknowledgement for `fence_after` destroys its domains itself, so that the
 leader may restart them elsewhere without them ever running twice.
 
-The lease rule (DESIGN.md, "VM restart after a host failure"): the slave
-counts from a moment no later than the leader's last acknowledgement, the
-leader from its own view of that acknowledgement plus a margin. What counts as
-an acknowledgement is the heartbeat stream itself being healthy (README, "What
-a slave may conclude"): while the stream is open, the slave's transport has
-heard from the master within `transport_bound` (its keepalive time plus ping
-timeout), so at a moment `t` when the slave sees the stream open, the master
-acknowledged it no earlier than `t - transport_bound`. The leader restarts a
-silent host's VMs from the moment it saw the stream end less `detect_bound`
-(its own PING interval plus timeout, told to the slave with the HA config):
-so the slave counts from `t - transport_bound - detect_bound`. Both sides
-shift by the same `detect_bound`, which keeps the slave's fence strictly
-before the leader's restart while letting the leader restart about
-fence_after after the failure rather than fence_after after noticing it.
+The lease rule (DESIGN.md, "VM restart after a host failure"; the
+arithmetic both sides share is xcp_control/lease.py): what counts as an
+acknowledgement is the heartbeat stream itself being healthy (README, "What a
+slave may conclude"). The slave counts from `lease_origin` of the last moment
+it saw its stream open, and fences fence_after later.
 
 The liveset rule (xapi): a slave that lost the leader asks its peers. If it
 reaches a majority of them and none hears the leader, the problem is the
-master tier (or etcd), not this host: it keeps its domains. Otherwise (it is
-cut off, or others still hear the leader) it fences.
+master tier (or etcd), not this host: it keeps its domains and asks again one
+`hold_extension` later (the lease is then *held*). Otherwise (it is cut off,
+or others hear the leader) it fences; a slave that was holding first gets the
+rejoin window (ha_guard.py), because after a master-tier outage its peers may
+simply have reconnected before it.
 
 Pure logic on an injected monotonic clock; slave/heartbeat.py feeds it and
 slave/service.py asks it before every domain operation.
@@ -30,6 +24,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from xcp_control.lease import hold_extension, lease_origin
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,7 @@ class FenceLease:
         self.config = HaConfig()
         self._acked_from: float | None = None  # lease start: the latest safe count origin
         self._fenced = False
+        self.held = False  # extended by the liveset rule since the last acknowledgement
 
     def configure(self, config: HaConfig, now: float) -> None:
         """A (new) HA config from the leader; receiving it is an acknowledgement."""
@@ -76,8 +73,9 @@ class FenceLease:
     def confirm(self, now: float) -> None:
         """The stream to the leader is open now: the leader acknowledged this
         host no earlier than `now - transport_bound`."""
-        self._acked_from = now - self.transport_bound - self.config.detect_bound
+        self._acked_from = lease_origin(now, self.transport_bound, self.config.detect_bound)
         self._fenced = False
+        self.held = False
 
     @property
     def fenced(self) -> bool:
@@ -102,5 +100,8 @@ class FenceLease:
 
     def extend(self, now: float) -> None:
         """The liveset rule said keep (the master tier is down, not this host):
-        count again from now, so the next check comes one fence_after later."""
-        self._acked_from = now - self.transport_bound - self.config.detect_bound
+        hold the domains one hold_extension more, then ask again."""
+        c = self.config
+        self._acked_from = now + hold_extension(c.fence_after, self.transport_bound,
+                                                c.detect_bound) - c.fence_after
+        self.held = True

@@ -80,9 +80,9 @@ class Slave:
             raise StartupError(str(exc)) from None
         if s.metrics_listen:
             self.metrics = SlaveMetrics(self.hypervisor)
-        self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._hears_leader,
+        self.guard = SelfFencing(self.host_uuid, self.hypervisor, self._connected_since,
                                  self._transport_bound, peer_asker(sec.channel_credentials),
-                                 time.monotonic)
+                                 time.monotonic, rejoin=self._rejoin)
         self.watchdog = keeper_for(s, self.guard)
         await self._serve(sec)
         identity = HostIdentity(self.host_uuid, self.name_label, s.advertise or self.address)
@@ -112,8 +112,12 @@ class Slave:
         self.guard.configure(config)
         self.watchdog.set_ha_enabled(config.enabled)
 
-    def _hears_leader(self) -> bool:
-        return self._client is not None and self._client.connected
+    def _connected_since(self) -> float | None:
+        return self._client.connected_since if self._client is not None else None
+
+    def _rejoin(self) -> None:
+        if self._client is not None:
+            self._client.retry_now()
 
     def _transport_bound(self) -> float:
         """How long our heartbeat channel may go without hearing the master
@@ -134,7 +138,7 @@ class Slave:
                                                FenceInterceptor(self.fence),
                                                GuardInterceptor(self.guard)])
         pb_grpc.add_SlaveServiceServicer_to_server(
-            SlaveServicer(self.hypervisor, self.guard.hears_leader), server)
+            SlaveServicer(self.hypervisor, self.guard.peer_status), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
         except PortInUse as exc:

@@ -25,9 +25,9 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
     """Proto in, hypervisor call, proto out; errors come from the backend."""
 
     def __init__(self, hypervisor: Hypervisor,
-                 hears_leader: Callable[[], bool] = lambda: False) -> None:
+                 peer_status: Callable[[], tuple[bool, float]] = lambda: (False, 0.0)) -> None:
         self._hv = hypervisor
-        self._hears_leader = hears_leader  # HA's liveset rule (ha_guard.py)
+        self._peer_status = peer_status  # HA's liveset rule (ha_guard.py)
 
     @rpc_method
     async def StartDomain(self, request: pb.StartDomainRequest, context) -> pb.Domain:
@@ -76,4 +76,6 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
 
     @rpc_method
     async def PeerStatus(self, request, context) -> pb.PeerStatusResponse:
-        return pb.PeerStatusResponse(hears_leader=self._hears_leader())
+        hears, connected_for = self._peer_status()
+        return pb.PeerStatusResponse(hears_leader=hears,
+                                     connected_for_ms=round(connected_for * 1000))

@@ -24,7 +24,7 @@ host then resets: use its default nowayout=0). A close without "V" leaves it
 running and pets it once more ("watchdog did not stop!"); the kernel does that
 close when the slave dies.
 
-The arithmetic (lease: slave/self_fence.py, leader: master/ha_restart.py).
+The arithmetic (both sides': xcp_control/lease.py).
 - D = the lease's deadline, the moment this host must have fenced by. The
   leader restarts at fenced_by = lost_at - detect_bound + fence_after x 1.01
   + 0.25 s, and lost_at is no earlier than the slave's last confirmation less
@@ -44,17 +44,21 @@ The arithmetic (lease: slave/self_fence.py, leader: master/ha_restart.py).
   lease is renewed no process holds the device, so nothing can pet it.
 - T = floor(R + GRACE - LEAD), R the lease's term (what is left of it right
   after a confirmation: fence_after - transport bound - detect bound, 10 - 6
-  - 3 = 1 s with the defaults), LEAD = one tick (0.1 s) and 50 ms of
+  - 3 = 1 s with the defaults; a held lease is extended by as much), LEAD = one tick (0.1 s) and 50 ms of
   scheduling, so that every tick may pet. A term under 0.95 s cannot be kept
   with a whole-second watchdog: the keeper does not arm, and says so.
 - Each tick starts with the guard's own check (SelfFencing.check, as before
   every SlaveService call), so the lease is confirmed right before each pet
   decision, and at D itself the liveset question goes out at once, not at the
   guard's next 0.25 s tick. When the master tier is down (a majority of peers
-  reached, none hears the leader) the guard renews the lease and the keeper
-  opens and pets the device again: the peers must answer within GRACE less
-  RELEASE_AHEAD of D (milliseconds on a LAN), or the host resets (the safe
-  side, at the cost of its VMs while the master tier is down).
+  reached, none hears the leader) the guard holds the lease (extends it by
+  one term) and the keeper opens and pets the device again: the peers must
+  answer within GRACE less RELEASE_AHEAD of D (milliseconds on a LAN), or the
+  host resets (the safe side, at the cost of its VMs while the master tier is
+  down). When a held lease runs out without "keep", the guard gives the slave
+  the rejoin window before it fences; D is then the window's end, which the
+  leader's quorum proof covers (lease.hold_bound: the reset comes by the last
+  "keep" + R + 0.25 + PEER_DEADLINE + REJOIN_WINDOW + GRACE, 0.3 s inside it).
 
 Restarting a slave. One that stops or dies while HA is enabled leaves the
 watchdog running: its libvirt domains keep running, the leader counts from the
@@ -78,6 +82,8 @@ import struct
 import time
 from typing import Callable
 
+from xcp_control.lease import lease_origin
+
 log = logging.getLogger(__name__)
 
 WDIOC_SETTIMEOUT = 0xC0045706  # _IOWR('W', 6, int)
@@ -85,7 +91,7 @@ MAGIC_CLOSE = b"V"
 PET = b"\0"
 STAND_IN_ONLY = "XCP_WATCHDOG_STAND_IN_ONLY"  # set: character devices are refused
 
-GRACE = 0.2  # s past the lease deadline the host may live (< ha_restart.FIXED_MARGIN)
+GRACE = 0.2  # s past the lease deadline the host may live (< lease.FIXED_MARGIN)
 INTERVAL = 0.1  # s between two ticks of the keeper
 LEAD = INTERVAL + 0.05  # s of the term a pet must leave: one tick plus scheduling
 RELEASE_AHEAD = 0.02  # s before the last allowed moment the last pet (the release) is made
@@ -193,12 +199,21 @@ class GuardLease:
     async def check(self) -> None:
         await self._guard.check()
 
-    def confirmed(self) -> bool:
-        """The guard trusts its stream: the check just made confirmed the lease."""
-        return self._guard.hears_leader()
+    def term(self) -> float:
+        """What a fresh lease leaves right after a confirmation (xcp_control/lease.py;
+        a held lease is extended by the same hold_extension)."""
+        lease = self._guard.lease
+        return lease.config.fence_after + lease_origin(0.0, lease.transport_bound,
+                                                      lease.config.detect_bound)
 
     def deadline(self) -> float | None:
-        return self._guard.lease.deadline()
+        """The lease's deadline, or the rejoin window's end once a held lease ran
+        out: the guard keeps the domains until then, and the leader's quorum
+        proof (lease.py, 3.) covers it."""
+        deadline, rejoin_by = self._guard.lease.deadline(), self._guard.rejoin_by
+        if deadline is None or rejoin_by is None:
+            return deadline
+        return max(deadline, rejoin_by)
 
     def fenced(self) -> bool:
         return self._guard.fenced
@@ -217,10 +232,13 @@ class WatchdogKeeper:
         self._interval = interval
         self.ha_enabled: bool | None = None  # None until the leader says
         self.running = False  # armed by this process and not disarmed: the kernel counts
-        self.term: float | None = None  # the lease's term, seen right after a confirmation
         self.pets = 0
         self.last_action = IDLE
         self._refusal = ""  # why it cannot arm (logged once)
+
+    @property
+    def term(self) -> float:
+        return self._lease.term()
 
     @property
     def timeout(self) -> int | None:
@@ -251,12 +269,9 @@ class WatchdogKeeper:
         """One decision on the lease as the guard has it now; the action taken."""
         if not self.ha_enabled:
             return IDLE
-        deadline = self._lease.deadline()
-        if deadline is not None and self._lease.confirmed():
-            self.term = deadline - now
-        timeout = self.timeout
+        deadline, timeout = self._lease.deadline(), self.timeout
         if timeout is None:
-            self._refuse(f"the lease's term ({self.term or 0:.2f}s) is too short for a "
+            self._refuse(f"the lease's term ({self.term:.2f}s) is too short for a "
                          f"whole-second watchdog: raise --fence-after")
             return HELD if self.running else IDLE
         if deadline is None or self._lease.fenced() or now + timeout > deadline + GRACE:
