@@ -5,9 +5,12 @@ refuse character devices under tests). A reader thread timestamps what the
 slave writes and replays it into a model of the kernel's watchdog
 (tests/support/watchdog.py), which says when the host would have reset.
 
-Settings as the HA restart fault tests: PING interval 0.5 s, dead_after 1.5 s,
-fence_after 4 s: the lease's term is 4 - 1.5 - 1.5 = 1 s, the watchdog's
-timeout 1 s (slave/watchdog.py, "The arithmetic").
+Settings: PING interval 1 s, dead_after 3 s, fence_after 7 s: the lease's
+term is 7 - 3 - 3 = 1 s (as with the defaults, 10 - 6 - 3), the watchdog's
+timeout 1 s (slave/watchdog.py, "The arithmetic"). Not the 0.5 s interval of
+the HA restart fault tests: a slave's first heartbeat channel is built with
+its 1 s default interval before the master's is known, so its keepalive
+notices a silent master only after ~3 s while the lease assumes 1.5 s.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from xcp_control.slave.watchdog import GRACE
 
 pytestmark = pytest.mark.timeout(120)
 
-FENCE_AFTER, DEAD_AFTER = 4.0, 1.5
-SETTINGS = dict(heartbeat_interval=0.5, dead_after=DEAD_AFTER, contact_timeout=1.0)
+FENCE_AFTER, DEAD_AFTER = 7.0, 3.0
+SETTINGS = dict(heartbeat_interval=1.0, dead_after=DEAD_AFTER, contact_timeout=2.0)
 SLAVE_ARGS = ("--fence-after", str(FENCE_AFTER))
 TIMEOUT = 1  # the watchdog timeout these settings give
 SLACK = 0.3  # s: the slave's own scheduling, and the reader's timestamps
@@ -160,7 +163,7 @@ def test_a_stopped_host_resets_before_its_vm_runs_elsewhere(lab: Lab, case: Case
     for dog in dogs:
         dog.__enter__()
     try:
-        a, *_ = [guarded_slave(case, master, dog) for dog in dogs]
+        a, *others = [guarded_slave(case, master, dog) for dog in dogs]
         assert armed_timeout(a) == TIMEOUT
         vm = master.client.vms.CreateVM(vs.CreateVMRequest(
             name_label="guarded", memory=GiB, vcpus=1, ha_restart_priority=dm.RESTART),
@@ -170,7 +173,7 @@ def test_a_stopped_host_resets_before_its_vm_runs_elsewhere(lab: Lab, case: Case
         with VmPoller(master, vm, a.uuid) as poller:
             a.freeze()
             try:
-                wait_until(lambda: poller.elsewhere, FENCE_AFTER + 4, "the VM RUNNING elsewhere")
+                wait_until(lambda: poller.elsewhere, FENCE_AFTER + 8, "the VM RUNNING elsewhere")
             finally:
                 a.thaw()
         fired = dogs[0].kernel(TIMEOUT, until=poller.still_there).fired
@@ -178,6 +181,44 @@ def test_a_stopped_host_resets_before_its_vm_runs_elsewhere(lab: Lab, case: Case
         print(f"host reset {poller.still_there - fired[0]:.2f}s before its VM could restart")
         for other in dogs[1:]:
             assert other.kernel(TIMEOUT).fired == []  # the healthy hosts kept petting
+        # A clean stop disarms only a host without domains: the VM's new host
+        # must reset, since its domain outlives a libvirt slave.
+        runs_it = master.client.vm(vm).resident_on
+        for slave, dog in zip(others, dogs[1:]):
+            stopping = time.monotonic()
+            slave.terminate()
+            wait_until(lambda: dog.closes(since=stopping), 5, "the device closed")
+            assert dog.magic_closes(since=stopping) == (0 if slave.uuid == runs_it else 1)
+    finally:
+        for dog in dogs:
+            dog.__exit__(None, None, None)
+
+
+def test_master_tier_down_the_watchdogs_keep_being_petted(lab: Lab, case: Case,
+                                                           tmp_path) -> None:
+    """Every master gone for 2 x fence_after: the liveset rule holds each
+    lease, and the keepers pet the renewed leases in time, cycle after cycle:
+    no host would reset (xapi's liveset rule with a watchdog armed)."""
+    master = lab.start_master(**SETTINGS)
+    set_ha(master, True)
+    dogs = [FifoWatchdog(tmp_path / f"watchdog{i}") for i in range(2)]
+    for dog in dogs:
+        dog.__enter__()
+    try:
+        hosts = [guarded_slave(case, master, dog) for dog in dogs]
+        for host in hosts:
+            assert armed_timeout(host) == TIMEOUT
+        time.sleep(1.0)
+        master.process.kill()
+        gone = time.monotonic()
+        time.sleep(2 * FENCE_AFTER)
+        for host, dog in zip(hosts, dogs):
+            assert "SELF-FENCING" not in host.stderr_text()
+            assert "keeping the domains" in host.stderr_text()  # the leases were held
+            assert len(dog.opens(since=gone)) >= 5  # released and opened again, each hold
+            kernel = dog.kernel(TIMEOUT)
+            assert kernel.fired == [], host.log(40)
+            print(f"closest the timer came to firing: {kernel.closest:.3f}s left")
     finally:
         for dog in dogs:
             dog.__exit__(None, None, None)

@@ -344,11 +344,21 @@ def test_a_term_too_short_is_not_armed_and_says_so(tmp_path, caplog):
     run(body)
 
 
-def test_a_stand_in_fifo_without_reader_fails_instead_of_blocking(tmp_path):
+def test_a_device_that_cannot_be_opened_is_reported_once_and_never_blocks(tmp_path, caplog):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(OSError):
-        HostWatchdog(str(fifo)).arm(1)
+        HostWatchdog(str(fifo)).arm(1)  # a FIFO without a reader: ENXIO, not a hang
+
+    async def body():
+        rig = Rig(tmp_path)
+        rig.dog.device = str(fifo)
+        rig.configure(SHORT)
+        with caplog.at_level(logging.ERROR):
+            await rig.run_for(1)
+        assert not rig.dog.armed and rig.fired() == []
+        assert sum("cannot open it" in r.message for r in caplog.records) == 1
+    run(body)
 
 
 def test_real_devices_are_refused_under_tests(monkeypatch):

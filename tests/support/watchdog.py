@@ -30,6 +30,7 @@ class KernelWatchdog:
     running: bool = False
     expiry: float | None = None
     fired: list[float] = field(default_factory=list)  # resets it would have made
+    closest: float = float("inf")  # least time left on the timer when it was petted
     _magic: bool = False
 
     def _now(self, now: float) -> None:
@@ -56,6 +57,7 @@ class KernelWatchdog:
 
     def pet(self, now: float) -> None:
         if self.running:
+            self.closest = min(self.closest, self.expiry - now)
             self.expiry = now + self.timeout
 
     def close(self, now: float) -> None:

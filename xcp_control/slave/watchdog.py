@@ -289,7 +289,11 @@ class WatchdogKeeper:
             self.watchdog.pet(timeout)
             self.pets += 1
             return PETTED
-        actual = self.watchdog.arm(timeout)
+        try:
+            actual = self.watchdog.arm(timeout)
+        except OSError as exc:  # busy (a watchdog daemon holds it), gone, refused: once
+            self._refuse(f"cannot open it: {exc}")
+            return IDLE
         if actual > timeout:
             self.running = True
             self._disarm(f"it took a {actual}s timeout for {timeout}s")
