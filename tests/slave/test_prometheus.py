@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry
 
 from xcp_control.slave.hypervisor import SimulatedHypervisor
-from xcp_control.slave.prometheus import fence_families, slave_families
+from xcp_control.slave.prometheus import fence_families, slave_families, watchdog_families
 
 VMS = [f"1b5e7c8e-1111-4222-8333-44445555666{i}" for i in range(3)]
 
@@ -58,3 +58,13 @@ def test_fences_are_counted_and_the_fenced_state_shown():
     calm = {f.name: f.samples[0].value
             for f in fence_families(SimpleNamespace(fences=0, fenced=False))}
     assert calm == {"xcp_slave_fences": 0, "xcp_slave_fenced": 0}
+
+
+def test_the_watchdog_shows_whether_it_runs():
+    values = {f.name: f.samples[0].value for f in watchdog_families(
+        SimpleNamespace(running=True, timeout=1, pets=7))}
+    assert values == {"xcp_slave_watchdog_armed": 1, "xcp_slave_watchdog_timeout_seconds": 1,
+                      "xcp_slave_watchdog_pets": 7}
+    off = {f.name: f.samples[0].value for f in watchdog_families(
+        SimpleNamespace(running=False, timeout=None, pets=0))}
+    assert off["xcp_slave_watchdog_armed"] == 0 and off["xcp_slave_watchdog_timeout_seconds"] == 0

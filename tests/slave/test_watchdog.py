@@ -391,3 +391,21 @@ def test_nothing_the_project_runs_names_the_real_device():
              for p in (root / d).rglob("*") if p.is_file() and p.suffix in ("", ".py", ".sh")
              and real in p.read_text(errors="ignore")]
     assert found == []
+
+
+def test_a_device_that_rounds_the_timeout_up_is_not_used(tmp_path, caplog):
+    class Coarse(ModelledWatchdog):
+        def _set_timeout(self, timeout: int) -> int:
+            return super()._set_timeout(timeout + 9)  # as a driver with 10 s steps
+
+    async def body():
+        rig = Rig(tmp_path)
+        rig.dog = Coarse(str(rig.device), lambda: rig.now)
+        rig.keeper = WatchdogKeeper(rig.dog, GuardLease(rig.guard), clock=lambda: rig.now)
+        rig.configure(SHORT)
+        with caplog.at_level(logging.ERROR):
+            await rig.run_for(2)
+        assert not rig.dog.armed and not rig.kernel.running and not rig.keeper.running
+        assert rig.device.read_bytes().count(MAGIC_CLOSE) == 1  # armed once, stopped at once
+        assert sum("cannot take a 1s timeout" in r.message for r in caplog.records) == 1
+    run(body)

@@ -97,3 +97,18 @@ def fence_families(guard) -> list:
     fenced = GaugeMetricFamily("xcp_slave_fenced", "1 while this host is fenced (HA), else 0",
                                value=1 if guard.fenced else 0)
     return [fences, fenced]
+
+
+def watchdog_families(keeper) -> list:
+    """The host watchdog (slave/watchdog.py, with --watchdog-device): whether it
+    runs (armed by this slave: the host resets if petting stops), its timeout,
+    and the pets so far."""
+    armed = GaugeMetricFamily("xcp_slave_watchdog_armed", "1 while the host watchdog runs "
+                              "(HA): the host resets when petting stops, else 0",
+                              value=1 if keeper.running else 0)
+    timeout = GaugeMetricFamily("xcp_slave_watchdog_timeout_seconds", "The host watchdog's "
+                                "timeout (0 while it cannot be armed)",
+                                value=keeper.timeout or 0)
+    pets = CounterMetricFamily("xcp_slave_watchdog_pets", "Times the host watchdog was petted",
+                               value=keeper.pets)
+    return [armed, timeout, pets]

@@ -30,7 +30,7 @@ from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity
 from xcp_control.slave.backends import BackendUnavailable, make_hypervisor
 from xcp_control.slave.hypervisor import Hypervisor
 from xcp_control.slave.identity import IdentityError, load_or_create_host_uuid
-from xcp_control.slave.prometheus import SlaveMetrics, fence_families
+from xcp_control.slave.prometheus import SlaveMetrics, fence_families, watchdog_families
 from xcp_control.slave.self_fence import HaConfig
 from xcp_control.slave.service import SLAVE_SERVICE, SlaveServicer
 from xcp_control.slave.watchdog import WatchdogKeeper, WatchdogRefused, check_device, keeper_for
@@ -100,6 +100,8 @@ class Slave:
         if self.metrics is not None:
             self.metrics.heartbeat = self._client
             self.metrics.add_source(lambda: fence_families(self.guard))
+            if isinstance(self.watchdog, WatchdogKeeper):
+                self.metrics.add_source(lambda: watchdog_families(self.watchdog))
             try:
                 self.metrics_address = self.metrics.serve(s.metrics_listen)
             except PortInUse as exc:

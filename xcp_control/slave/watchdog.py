@@ -235,6 +235,7 @@ class WatchdogKeeper:
         self.pets = 0
         self.last_action = IDLE
         self._refusal = ""  # why it cannot arm (logged once)
+        self._too_coarse: int | None = None  # a timeout the device would not take
 
     @property
     def term(self) -> float:
@@ -249,7 +250,7 @@ class WatchdogKeeper:
         if enabled == self.ha_enabled:
             return
         self.ha_enabled = enabled
-        self._refusal = ""
+        self._refusal, self._too_coarse = "", None
         if not enabled:
             self._disarm("HA disabled by the leader")
 
@@ -274,7 +275,8 @@ class WatchdogKeeper:
             self._refuse(f"the lease's term ({self.term:.2f}s) is too short for a "
                          f"whole-second watchdog: raise --fence-after")
             return HELD if self.running else IDLE
-        if deadline is None or self._lease.fenced() or now + timeout > deadline + GRACE:
+        if deadline is None or self._lease.fenced() or now + timeout > deadline + GRACE \
+                or timeout == self._too_coarse:
             return HELD if self.running else IDLE
         action = self._pet(timeout)
         if action != IDLE and now >= deadline + GRACE - timeout - RELEASE_AHEAD:
@@ -294,8 +296,8 @@ class WatchdogKeeper:
         except OSError as exc:  # busy (a watchdog daemon holds it), gone, refused: once
             self._refuse(f"cannot open it: {exc}")
             return IDLE
-        if actual > timeout:
-            self.running = True
+        if actual > timeout:  # it would reset the host too late: do not use it
+            self.running, self._too_coarse = True, timeout
             self._disarm(f"it took a {actual}s timeout for {timeout}s")
             self._refuse(f"the device cannot take a {timeout}s timeout")
             return IDLE
