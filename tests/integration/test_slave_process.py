@@ -343,3 +343,15 @@ def test_port_in_use_exits_1_without_traceback(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize("device, message", [
+    ("/nonexistent/watchdog", "modprobe softdog"),
+    ("/dev/null", "is a real device"),  # a character device, refused under tests
+])
+def test_a_watchdog_device_it_cannot_use_exits_1_before_opening_it(device, message, tmp_path):
+    done = subprocess.run([str(SLAVE_BIN), "--state-dir", str(tmp_path / "s"),
+                           "--master", "127.0.0.1:1", "--watchdog-device", device],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and message in done.stderr, done.stderr
