@@ -68,6 +68,9 @@ class HeartbeatSessions:
         self.gate: Callable[[], int] | None = None
         # The pool's HA config for each Hello answer (ha_config.py), when wired.
         self.ha: HaAnnouncer | None = None
+        # Told (host, seconds) of each report answering report_now (HA's quorum
+        # proof, ha_quorum.py), when wired.
+        self.vouch_listener: Callable[[str, float], None] | None = None
         # Plain counts the metrics collector reads at scrape time: an int
         # increment is the whole cost on the beat path (no lock, no label lookup).
         self.reports = 0  # Hellos and beats taken
@@ -131,6 +134,8 @@ class HeartbeatSessions:
         self.reports += 1
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, beat.memory_free, self._wall())
+        if beat.connected_for_ms and self.vouch_listener is not None:
+            self.vouch_listener(host, beat.connected_for_ms / 1000)
         if self._hypervisor_down(host, beat.hypervisor_unavailable):
             return None
         if beat.domains_included:
