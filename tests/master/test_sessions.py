@@ -134,3 +134,22 @@ def test_a_report_answering_report_now_vouches_only_from_the_current_stream(tmp_
         hb.beat(old, pb.Beat(seq=3, domains_digest="d0", connected_for_ms=99_000))
         assert vouches == [(host, 42.5)]
     run(body, tmp_path)
+
+
+def test_a_hello_that_says_it_fenced_is_told_before_its_domains_are_taken(tmp_path):
+    async def body(world: World):
+        hb, reports = sessions(world)
+        told: list = []
+
+        async def fenced(host):
+            told.append((host, len(reports)))
+        hb.fenced_listener = fenced
+        host = new_uuid()
+        await hb.hello(hello(host))
+        assert told == []
+        message = hello(host)
+        message.fenced = True
+        await hb.hello(message)
+        assert told == [(host, 1)]  # before the second Hello's list was taken
+        assert len(reports) == 2
+    run(body, tmp_path)

@@ -195,6 +195,8 @@ class Master:
         # HA's quorum proof asks on the streams and hears the answers in reports.
         self.quorum_proof.push = self.liveness_servicer.push
         self.sessions.vouch_listener = self.quorum_proof.on_vouch
+        # A host back from a fence: its VMs died with it, restart the protected ones.
+        self.sessions.fenced_listener = self.restarter.host_fenced
         self.store.add_listener(self.ha_config.on_changes)
         self.store.add_listener(self.restarter.on_changes)
         self.pool.add_forget_listener(self.ha_config.forget)

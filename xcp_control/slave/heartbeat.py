@@ -82,12 +82,14 @@ class HeartbeatClient:
                  on_epoch: Callable[[int], None] | None = None,
                  fence_after: float = 0.0,
                  on_ha: Callable[[HaConfig], None] | None = None,
+                 fenced: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         # Several masters (comma-separated): which one to talk to (masters.py).
         self._masters = MasterList(master)
         self._on_epoch = on_epoch
         self._fence_after_ms = round(fence_after * 1000)  # sent in the Hello (HA)
         self._on_ha = on_ha  # told each HA config the leader sends
+        self._fenced = fenced  # HA: whether we fenced since last acknowledged (in the Hello)
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -225,6 +227,7 @@ class HeartbeatClient:
                                self._hv.enabled, snapshot)
         hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
         hello.hello.fence_after_ms = self._fence_after_ms
+        hello.hello.fenced = self._fenced()
         await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:

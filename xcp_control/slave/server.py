@@ -84,7 +84,8 @@ class Slave:
                                        reconnect_cap=s.reconnect_cap,
                                        credentials=sec.channel_credentials,
                                        on_epoch=self.fence.seen,
-                                       fence_after=s.fence_after, on_ha=self.guard.configure)
+                                       fence_after=s.fence_after, on_ha=self.guard.configure,
+                                       fenced=lambda: self.guard.fenced)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
         self._guarding = asyncio.create_task(self.guard.run(), name="self-fence")
         if self.metrics is not None:
