@@ -265,8 +265,14 @@ def test_hosts_cut_off_from_the_master_and_the_others_never_run_a_vm_twice(
                     assert master.client.vm(vm).resident_on == a.uuid, "restarted: no majority"
         finally:
             netns_lab.host.heal()
+        by_uuid = {s.uuid: s for s in (*cut, *kept)}
+
+        def running_for_real(vm):  # the record says RUNNING and its host has the domain
+            v = master.client.vm(vm)
+            return v.power_state == dm.RUNNING and v.resident_on in by_uuid \
+                and vm in (domains_or_none(by_uuid[v.resident_on]) or {})
         for vm in cut_vms:  # back from the fence (or restarted already): RUNNING again
-            wait_until(lambda: master.client.vm(vm).power_state == dm.RUNNING, FENCE_AFTER + 8,
+            wait_until(lambda: running_for_real(vm), FENCE_AFTER + 8,
                        "the cut-off host's VM RUNNING again", interval=0.1)
         time.sleep(1.0)
     seen = Sightings(inside.sightings + root_side.sightings)

@@ -174,6 +174,11 @@ class Master:
         Events (Watch) follow the store, not the flip: a flip reaches watchers
         when step 2's write commits, like every other change.
 
+        A Hello that says the host fenced (HA): the restarter halts what the
+        store still has running there, and marks the protected VMs, before
+        the Hello's domain list is reconciled. A report answering report_now
+        goes to HA's quorum proof (ha_quorum.py), which asks on the streams.
+
         A store commit: the event hub publishes it to watchers, then ListHosts
         learns whether its answer must be rebuilt. A report's figures (memory,
         last beat) reach ListHosts within a second, never one write per beat.
