@@ -1,5 +1,6 @@
 """The leader's quorum proof before an HA restart (master/ha_quorum.py):
-who is asked, what counts as vouching, and that it stops once it knows."""
+who is asked, what counts as vouching, and that it decides as soon as it
+knows. The answers come as the heartbeat sessions would deliver them."""
 
 from __future__ import annotations
 
@@ -19,17 +20,19 @@ def liveness(live, restored=()) -> Liveness:
     return lv
 
 
-class Answers:
-    """PeerStatus answers by host: seconds connected, or None (unreachable)."""
+def proof_with(lv, answers: dict, wait: float = 5.0):
+    """A proof whose pushes are answered (soon, as a report would be) with
+    `answers[host]` seconds, or not at all for None; the hosts asked."""
+    proof = QuorumProof(lv, wait=wait)
+    asked: list[str] = []
 
-    def __init__(self, by_host) -> None:
-        self.by_host = by_host
-        self.asked: list[str] = []
-
-    async def __call__(self, host):
-        self.asked.append(host)
-        await asyncio.sleep(0)
-        return self.by_host[host]
+    def push(host, message):
+        assert message.report_now
+        asked.append(host)
+        if answers.get(host) is not None:
+            asyncio.get_running_loop().call_soon(proof.on_vouch, host, answers[host])
+    proof.push = push
+    return proof, asked
 
 
 def holds(proof, pool, lost=()):
@@ -37,33 +40,35 @@ def holds(proof, pool, lost=()):
 
 
 def test_a_majority_connected_long_enough_vouches():
-    answers = Answers({"b": 9.0, "c": 5.0, "d": 0.0, "e": None})
-    proof = QuorumProof(liveness("bcde"), answers)
-    assert holds(proof, "abcde", lost="a") is False  # b, c: two of five
-    answers.by_host["d"] = 60.0
+    answers = {"b": 9.0, "c": 5.0, "d": 1.0, "e": None}
+    proof, asked = proof_with(liveness("bcde"), answers, wait=0.05)
+    assert holds(proof, "abcde", lost="a") is False  # b and c: two of five
+    assert sorted(asked) == ["b", "c", "d", "e"]  # not the lost one
+    answers["d"] = 60.0
     assert holds(proof, "abcde", lost="a") is True  # b, c, d: three of five
 
 
-def test_a_host_connected_for_less_than_needed_does_not_vouch():
-    proof = QuorumProof(liveness("bc"), Answers({"b": NEEDED - 0.1, "c": 600.0}))
-    assert holds(proof, "abc", lost="a") is False
+def test_it_decides_without_waiting_once_the_answer_is_known():
+    pool = [f"h{i}" for i in range(20)]
+    proof, _ = proof_with(liveness(pool), {h: 60.0 for h in pool}, wait=600.0)
+    assert asyncio.run(asyncio.wait_for(proof.holds(pool, set(), NEEDED), 5)) is True
+    proof, _ = proof_with(liveness(pool), {h: 0.5 for h in pool}, wait=600.0)
+    assert asyncio.run(asyncio.wait_for(proof.holds(pool, set(), NEEDED), 5)) is False
 
 
 def test_lost_and_restored_hosts_are_not_asked_and_too_few_asks_nobody():
-    answers = Answers({"b": 60.0, "c": 60.0, "d": 60.0})
-    proof = QuorumProof(liveness("b", restored="cd"), answers)
+    proof, asked = proof_with(liveness("b", restored="cd"), {h: 60.0 for h in "bcd"})
     assert holds(proof, "abcd", lost="a") is False
-    assert answers.asked == []  # one acknowledged host cannot make three of four
+    assert asked == []  # one acknowledged host cannot make three of four
 
 
-def test_it_stops_asking_once_the_answer_is_known():
-    pool = [f"h{i}" for i in range(20)]
-    answers = Answers({h: 60.0 for h in pool})
-    proof = QuorumProof(liveness(pool), answers, concurrency=1)
-    assert holds(proof, pool) is True
-    # A strict majority of 20 is 11; one more question may already be out.
-    assert 11 <= len(answers.asked) <= 12
-    answers = Answers({h: None for h in pool})
-    proof = QuorumProof(liveness(pool), answers, concurrency=1)
-    assert holds(proof, pool) is False
-    assert 10 <= len(answers.asked) <= 11  # after 10 refusals 11 can no longer vouch
+def test_an_answer_outside_a_question_or_from_a_host_not_asked_counts_for_nothing():
+    proof, _ = proof_with(liveness("bc"), {"b": None, "c": None}, wait=0.05)
+    proof.on_vouch("b", 60.0)  # before the question: ignored
+    original = proof.push
+
+    def push(host, message):
+        original(host, message)
+        asyncio.get_running_loop().call_soon(proof.on_vouch, "zz", 60.0)  # never asked
+    proof.push = push
+    assert holds(proof, "abc", lost="a") is False

@@ -202,3 +202,27 @@ def test_hosts_only_restored_for_the_grace_make_no_quorum(tmp_path):
         await restarter.step()
         assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and proof.asked == []
     run(body, tmp_path)
+
+
+def test_a_host_back_from_a_fence_has_its_protected_vms_restarted(tmp_path):
+    """No majority while it was away, so nobody failed it; its Hello says it
+    fenced: its VMs died with it, the protected ones restart."""
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        plain = await protected(world, "plain", GIB, dm.RUNNING, h0.uuid, priority=0)
+        await restarter.host_fenced(h0.uuid)
+        assert state(world, vm) == (dm.HALTED, "", True)
+        assert state(world, plain) == (dm.HALTED, "", False)
+        await restarter.step()
+        assert state(world, vm)[0] == dm.RUNNING and not state(world, vm)[2]
+    run(body, tmp_path)
+
+
+def test_with_ha_off_a_fenced_hello_changes_nothing(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world, enabled=False)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        await restarter.host_fenced(h0.uuid)
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False)
+    run(body, tmp_path)

@@ -117,3 +117,39 @@ def test_reports_of_a_host_without_its_hypervisor_leave_its_domains_alone(tmp_pa
                                  domains=[domain]))
         assert reports == [(host, [domain])]
     run(body, tmp_path)
+
+
+def test_a_report_answering_report_now_vouches_only_from_the_current_stream(tmp_path):
+    async def body(world: World):
+        hb, _ = sessions(world)
+        vouches: list = []
+        hb.vouch_listener = lambda host, seconds: vouches.append((host, seconds))
+        host = new_uuid()
+        old, _ = await hb.hello(hello(host))
+        hb.beat(old, pb.Beat(seq=1, domains_digest="d0"))
+        assert vouches == []  # an ordinary report says nothing
+        hb.beat(old, pb.Beat(seq=2, domains_digest="d0", connected_for_ms=42_500))
+        assert vouches == [(host, 42.5)]
+        new, _ = await hb.hello(hello(host))  # a newer stream supersedes the old one
+        hb.beat(old, pb.Beat(seq=3, domains_digest="d0", connected_for_ms=99_000))
+        assert vouches == [(host, 42.5)]
+    run(body, tmp_path)
+
+
+def test_a_hello_that_says_it_fenced_is_told_before_its_domains_are_taken(tmp_path):
+    async def body(world: World):
+        hb, reports = sessions(world)
+        told: list = []
+
+        async def fenced(host):
+            told.append((host, len(reports)))
+        hb.fenced_listener = fenced
+        host = new_uuid()
+        await hb.hello(hello(host))
+        assert told == []
+        message = hello(host)
+        message.fenced = True
+        await hb.hello(message)
+        assert told == [(host, 1)]  # before the second Hello's list was taken
+        assert len(reports) == 2
+    run(body, tmp_path)

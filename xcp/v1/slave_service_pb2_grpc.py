@@ -148,8 +148,7 @@ class SlaveServiceServicer:
 
     def PeerStatus(self, request, context):
         """HA's liveset rule: whether this host still hears the leader. Read-only;
-        called by the other hosts (a host certificate), and by the leader before
-        it restarts a lost host's VMs.
+        called by the other hosts (a host certificate), never by the master.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

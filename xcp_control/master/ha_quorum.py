@@ -3,87 +3,92 @@
 
 A lost host may still hold its domains by the liveset rule if, lately, a
 majority of its peers told it they do not hear the leader. The leader rules
-that out by asking its own live hosts (SlaveService.PeerStatus): when a strict
-majority of the pool's hosts say their stream has been connected without a
-break for at least `needed` seconds, every majority of the lost host's peers
-contains one that has answered "I hear the leader" all that time. Counting our
-own streams would not do: a host's stream may have broken on its side a
-moment ago while ours has not noticed yet, and in that moment it tells its
-peers it does not hear us.
+that out by asking its own live hosts, on their heartbeat streams
+(HeartbeatResponse.report_now): each answers at once with a report saying how
+long it has seen that stream up (Beat.connected_for_ms). When a strict
+majority of the pool's hosts answer with at least `needed` seconds, every
+majority of the lost host's peers contains one that has answered "I hear the
+leader" (PeerStatus) all that time. The leader's own view of its streams would
+not do: a stream may have broken on the host's side a moment ago while ours
+has not noticed yet, and in that moment the host tells its peers it does not
+hear us. An answer that arrives on the stream proves the host still had it up
+when it sent it.
 
-The question goes out only when some host is due for restart, not per beat;
-at most CONCURRENCY at a time, and it stops as soon as the answer is known.
+The question is asked only when some host is due for restart, never per
+beat, and rides the streams that are open anyway: no connection is made,
+whatever the pool's size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Iterable
+from typing import Callable, Iterable
 
-from xcp_control.errors import XcpError
-from xcp_control.lease import PEER_DEADLINE
-from xcp.v1 import slave_service_pb2 as sl
+from xcp.v1 import liveness_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 64  # PeerStatus questions in flight at once
+ANSWER_WAIT = 1.0  # seconds the leader waits for the hosts' answers
 
-# host -> seconds its stream has been connected (0: not connected), None: no answer
-Ask = Callable[[str], Awaitable[float | None]]
+Push = Callable[[str, pb.HeartbeatResponse], None]
 
 
-def forwarded_ask(forwarder) -> Ask:
-    """PeerStatus over the forwarder's pooled channels, within PEER_DEADLINE."""
-    async def ask(host: str) -> float | None:
-        try:
-            answer = await forwarder.call(host, "PeerStatus", sl.PeerStatusRequest(),
-                                          operation="PeerStatus", timeout=PEER_DEADLINE,
-                                          budget=None)
-        except XcpError:
-            return None
-        return answer.connected_for_ms / 1000 if answer.hears_leader else 0.0
-    return ask
+class _Round:
+    """One question: who was asked, who vouched, when it is decided."""
+
+    def __init__(self, asked: set[str], needed: float, majority: int) -> None:
+        self.asked = asked
+        self.needed = needed
+        self.majority = majority
+        self.vouched: set[str] = set()
+        self.refused: set[str] = set()
+        self.decided = asyncio.Event()
+
+    def answer(self, host: str, connected_for: float) -> None:
+        if host not in self.asked or host in self.vouched or host in self.refused:
+            return
+        (self.vouched if connected_for >= self.needed else self.refused).add(host)
+        if len(self.vouched) >= self.majority \
+                or len(self.asked) - len(self.refused) < self.majority:
+            self.decided.set()
 
 
 class QuorumProof:
-    """Asks the live hosts; says whether a majority of the pool vouches."""
+    """Asks the live hosts on their streams; says whether a majority vouches.
+    `push` (send a message on a host's open stream) is set by the wiring, and
+    `on_vouch` is the heartbeat sessions' listener for the answers."""
 
-    def __init__(self, liveness, ask: Ask, concurrency: int = CONCURRENCY) -> None:
+    def __init__(self, liveness, wait: float = ANSWER_WAIT) -> None:
         self._liveness = liveness
-        self._ask = ask
-        self._concurrency = concurrency
+        self._wait = wait
+        self.push: Push | None = None
+        self._round: _Round | None = None
+
+    def on_vouch(self, host: str, connected_for: float) -> None:
+        if self._round is not None:
+            self._round.answer(host, connected_for)
 
     async def holds(self, pool: Iterable[str], lost: set[str], needed: float) -> bool:
-        """A strict majority of the hosts in `pool` answer that they have been
-        connected for at least `needed` seconds (the `lost` ones are not asked)."""
+        """A strict majority of the hosts in `pool` answer that they have seen
+        their stream up for at least `needed` seconds (`lost` ones are not asked)."""
         hosts = list(pool)
         majority = len(hosts) // 2 + 1
-        candidates = [h for h in hosts if h not in lost and self._liveness.acknowledged(h)]
-        if len(candidates) < majority:
+        asked = {h for h in hosts if h not in lost and self._liveness.acknowledged(h)}
+        if len(asked) < majority or self.push is None:
             return False
-        vouched, refused = 0, 0
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(host: str) -> bool:
-            async with gate:
-                connected_for = await self._ask(host)
-            return connected_for is not None and connected_for >= needed
-
-        tasks = [asyncio.ensure_future(one(h)) for h in candidates]
+        round_ = self._round = _Round(asked, needed, majority)
         try:
-            for done in asyncio.as_completed(tasks):
-                if await done:
-                    vouched += 1
-                else:
-                    refused += 1
-                if vouched >= majority:
-                    return True
-                if len(candidates) - refused < majority:
-                    break
+            for host in asked:
+                self.push(host, pb.HeartbeatResponse(report_now=True))
+            try:
+                await asyncio.wait_for(round_.decided.wait(), self._wait)
+            except TimeoutError:
+                pass
         finally:
-            for task in tasks:
-                task.cancel()
+            self._round = None
+        if len(round_.vouched) >= majority:
+            return True
         log.info("HA: %d of %d hosts vouch for %.1fs of connection (%d needed): no restart "
-                 "yet", vouched, len(hosts), needed, majority)
+                 "yet", len(round_.vouched), len(hosts), needed, majority)
         return False

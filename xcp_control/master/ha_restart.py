@@ -150,6 +150,15 @@ class Restarter:
             self._scan = True
             self._poke()
 
+    async def host_fenced(self, host: str) -> None:
+        """A host says in its Hello that it fenced: the VMs the store still has
+        running there died with the fence (the leader had not failed the host:
+        it heard no majority, or HA restart was not its to make). With HA on,
+        they are set HALTED and the protected ones marked for restart, in one
+        commit, before the host's domain list is reconciled."""
+        if self._may_act():
+            await self._fail(host)
+
     def lead(self) -> None:
         """This master starts leading (or starts alone): every host not live
         that still has resident VMs is lost from now on."""

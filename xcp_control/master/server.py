@@ -33,7 +33,7 @@ from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool import Pool
 from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.ha_config import HaAnnouncer
-from xcp_control.master.ha_quorum import QuorumProof, forwarded_ask
+from xcp_control.master.ha_quorum import QuorumProof
 from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
                                            pool_families)
@@ -146,10 +146,11 @@ class Master:
         self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
                                      transport_bound=3 * max(s.heartbeat_interval, 0.5))
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
+        self.quorum_proof = QuorumProof(self.liveness)
         self.restarter = Restarter(
             self.store, self.liveness, self.pool_ha, self.lifecycle, self.ha_config.fence_after,
             detect_bound=s.dead_after, clock=self.clock,
-            proof=QuorumProof(self.liveness, forwarded_ask(self.forwarder)),
+            proof=self.quorum_proof,
             transport_bound=self.ha_config.transport_bound,
             acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
@@ -173,6 +174,11 @@ class Master:
         Events (Watch) follow the store, not the flip: a flip reaches watchers
         when step 2's write commits, like every other change.
 
+        A Hello that says the host fenced (HA): the restarter halts what the
+        store still has running there, and marks the protected VMs, before
+        the Hello's domain list is reconciled. A report answering report_now
+        goes to HA's quorum proof (ha_quorum.py), which asks on the streams.
+
         A store commit: the event hub publishes it to watchers, then ListHosts
         learns whether its answer must be rebuilt. A report's figures (memory,
         last beat) reach ListHosts within a second, never one write per beat.
@@ -191,6 +197,11 @@ class Master:
         self.sessions.ha = self.ha_config
         self.ha_config.push = self.liveness_servicer.push
         self.ha_config.open_hosts = self.liveness_servicer.open_hosts
+        # HA's quorum proof asks on the streams and hears the answers in reports.
+        self.quorum_proof.push = self.liveness_servicer.push
+        self.sessions.vouch_listener = self.quorum_proof.on_vouch
+        # A host back from a fence: its VMs died with it, restart the protected ones.
+        self.sessions.fenced_listener = self.restarter.host_fenced
         self.store.add_listener(self.ha_config.on_changes)
         self.store.add_listener(self.restarter.on_changes)
         self.pool.add_forget_listener(self.ha_config.forget)

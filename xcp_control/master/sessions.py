@@ -13,7 +13,7 @@ import logging
 import time
 import uuid as uuid_module
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from xcp_control import validation
 from xcp_control.master.admission import LoopLag
@@ -68,6 +68,12 @@ class HeartbeatSessions:
         self.gate: Callable[[], int] | None = None
         # The pool's HA config for each Hello answer (ha_config.py), when wired.
         self.ha: HaAnnouncer | None = None
+        # Told (host, seconds) of each report answering report_now (HA's quorum
+        # proof, ha_quorum.py), when wired.
+        self.vouch_listener: Callable[[str, float], None] | None = None
+        # Awaited with the host of each Hello that says it fenced, before its
+        # domains are taken (HA: ha_restart.Restarter.host_fenced), when wired.
+        self.fenced_listener: Callable[[str], Awaitable[None]] | None = None
         # Plain counts the metrics collector reads at scrape time: an int
         # increment is the whole cost on the beat path (no lock, no label lookup).
         self.reports = 0  # Hellos and beats taken
@@ -101,6 +107,8 @@ class HeartbeatSessions:
             self.ha.keep(host, hello)
             fence_after_ms = round(self.ha.fence_after(host) * 1000)
         await self._register(host, hello, fence_after_ms)
+        if hello.fenced and self.fenced_listener is not None:
+            await self.fenced_listener(host)
         session = Session(host, self._liveness.attach(host), epoch)
         self.reports += 1
         self._liveness.beat(host, self._clock())
@@ -131,6 +139,8 @@ class HeartbeatSessions:
         self.reports += 1
         self._liveness.beat(host, self._clock())
         self._mirror.report(host, beat.memory_free, self._wall())
+        if beat.connected_for_ms and self.vouch_listener is not None:
+            self.vouch_listener(host, beat.connected_for_ms / 1000)
         if self._hypervisor_down(host, beat.hypervisor_unavailable):
             return None
         if beat.domains_included:

@@ -82,12 +82,14 @@ class HeartbeatClient:
                  on_epoch: Callable[[int], None] | None = None,
                  fence_after: float = 0.0,
                  on_ha: Callable[[HaConfig], None] | None = None,
+                 fenced: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         # Several masters (comma-separated): which one to talk to (masters.py).
         self._masters = MasterList(master)
         self._on_epoch = on_epoch
         self._fence_after_ms = round(fence_after * 1000)  # sent in the Hello (HA)
         self._on_ha = on_ha  # told each HA config the leader sends
+        self._fenced = fenced  # HA: whether we fenced since last acknowledged (in the Hello)
         self._credentials = credentials  # mutual TLS with the pool, or None for plaintext
         self.identity = identity
         self._hv = hypervisor
@@ -100,6 +102,7 @@ class HeartbeatClient:
         self._stop_reason = "shutdown"
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()  # domains changed, or the master asked for them
+        self._vouch = False  # the leader asked for a report now (report_now: HA's proof)
         self._running = False
         self._snapshot: DomainSnapshot | None = None
         self._snapshot_version = -1  # value of _domain_changes the snapshot reflects
@@ -224,6 +227,7 @@ class HeartbeatClient:
                                self._hv.enabled, snapshot)
         hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
         hello.hello.fence_after_ms = self._fence_after_ms
+        hello.hello.fenced = self._fenced()
         await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
@@ -259,9 +263,14 @@ class HeartbeatClient:
         while True:
             self._changed.clear()
             memory = self._hv.memory_free
-            if policy.due(loop.time(), memory, self._domains_stale() or composer.must_resend):
+            if policy.due(loop.time(), memory,
+                          self._domains_stale() or composer.must_resend or self._vouch):
                 snapshot = await self._current_domains()
                 beat = composer.beat(memory, snapshot)
+                if self._vouch:  # how long we have seen this stream up
+                    self._vouch = False
+                    beat.beat.connected_for_ms = round(
+                        max(self._clock() - (self.connected_since or self._clock()), 0) * 1000)
                 # A backend that lost its hypervisor (libvirt) says so: its list is stale.
                 beat.beat.hypervisor_unavailable = not self._hv.available
                 await self._write(call, beat)
@@ -313,9 +322,13 @@ class HeartbeatClient:
             self._on_epoch(response.epoch)
         if response.send_domains:
             self._changed.set()
-        self._interval = _bounded(response.interval_ms, self._interval)
-        # An older master sets no report interval: it wants one report per interval.
-        self._report_interval = _bounded(response.report_interval_ms, self._interval)
+        if response.report_now:
+            self._vouch = True
+            self._changed.set()
+        if response.interval_ms:  # a full answer, not a pushed HA config or question
+            self._interval = _bounded(response.interval_ms, self._interval)
+            # An older master sets no report interval: it wants one report per interval.
+            self._report_interval = _bounded(response.report_interval_ms, self._interval)
         # Last: the lease's transport bound follows the interval just taken.
         if response.ha_config and self._on_ha is not None:
             self._on_ha(HaConfig(enabled=response.ha_enabled,

@@ -92,7 +92,8 @@ class Slave:
                                        reconnect_cap=s.reconnect_cap,
                                        credentials=sec.channel_credentials,
                                        on_epoch=self.fence.seen,
-                                       fence_after=s.fence_after, on_ha=self._on_ha)
+                                       fence_after=s.fence_after, on_ha=self._on_ha,
+                                       fenced=lambda: self.guard.fenced)
         self._beating = asyncio.create_task(self._client.run(), name="heartbeat")
         self._guarding = asyncio.create_task(self.guard.run(), name="self-fence")
         if isinstance(self.watchdog, WatchdogKeeper):
