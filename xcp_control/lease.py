@@ -41,8 +41,11 @@ from __future__ import annotations
 TICK = 0.25  # seconds between two checks of the slave's lease
 PEER_DEADLINE = 0.5  # seconds a peer (or the leader's question) gets for PeerStatus
 REJOIN_WINDOW = 2.0  # seconds a slave that was holding gets to be acknowledged again
+# The slave decides at its first tick past the deadline, after asking its
+# peers: its fence may come this much after the deadline.
+DECISION_DELAY = TICK + PEER_DEADLINE
 RATE_MARGIN = 0.01  # clocks may run 1 % apart over fence_after (NTP keeps them far closer)
-FIXED_MARGIN = 0.25  # seconds: the slave's fence check tick and the destroy itself
+FIXED_MARGIN = 0.25  # seconds: the destroy itself, and scheduling
 
 
 def lease_origin(seen_open: float, transport_bound: float, detect_bound: float) -> float:
@@ -53,8 +56,10 @@ def lease_origin(seen_open: float, transport_bound: float, detect_bound: float) 
 
 def fenced_by(lost_at: float, fence_after: float, detect_bound: float) -> float:
     """The moment (leader's clock) after which a host whose stream the leader
-    saw end at `lost_at` has certainly run out of its fresh lease."""
-    return lost_at - detect_bound + fence_after * (1 + RATE_MARGIN) + FIXED_MARGIN
+    saw end at `lost_at` has certainly run out of its fresh lease, and acted
+    on it (DECISION_DELAY)."""
+    return (lost_at - detect_bound + fence_after * (1 + RATE_MARGIN) + DECISION_DELAY
+            + FIXED_MARGIN)
 
 
 def hold_extension(fence_after: float, transport_bound: float, detect_bound: float) -> float:
@@ -66,7 +71,8 @@ def hold_extension(fence_after: float, transport_bound: float, detect_bound: flo
 def hold_bound(fence_after: float, transport_bound: float, detect_bound: float) -> float:
     """The longest a holding slave keeps its domains after the last moment a
     peer could have said "keep": one extension, the question itself, two
-    ticks, the rejoin window, and the margins."""
+    ticks, the rejoin window, and the margins (a host watchdog may let the
+    host live DECISION_DELAY + 0.2 s past a deadline: slave/watchdog.py)."""
     extension = hold_extension(fence_after, transport_bound, detect_bound)
     return (extension * (1 + RATE_MARGIN) + PEER_DEADLINE + 2 * TICK + REJOIN_WINDOW
-            + FIXED_MARGIN)
+            + DECISION_DELAY + FIXED_MARGIN)

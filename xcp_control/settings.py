@@ -292,6 +292,9 @@ class SlaveSettings:
                                 metavar="S")
     reconnect_cap: float = setting(1.0, "longest backoff between two attempts to reach an "
                                    "unreachable master", metavar="S")
+    heartbeat_interval: float = setting(1.0, "the master's PING interval assumed until it says "
+                                        "its own: the first stream's keepalive is built from "
+                                        "it (HA counts the lease with that channel)", metavar="S")
     tls_dir: str = setting("", "pool certificates: speak only mutual TLS (default: plaintext)",
                            metavar="DIR")
     metrics_listen: str = setting("", "serve Prometheus metrics at http://HOST:PORT/metrics "
@@ -342,4 +345,5 @@ class SlaveSettings:
         _positive("shutdown_timeout", self.shutdown_timeout)
         _positive("shutdown_resend", self.shutdown_resend)
         _positive("fence_after", self.fence_after)
+        _positive("heartbeat_interval", self.heartbeat_interval)
         return self

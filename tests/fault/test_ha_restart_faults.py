@@ -41,7 +41,10 @@ pytestmark = pytest.mark.timeout(120)
 
 FENCE_AFTER = 4.0
 SETTINGS = dict(heartbeat_interval=0.5, dead_after=1.5, contact_timeout=1.0)
-SLAVE_ARGS = ("--fence-after", str(FENCE_AFTER))
+# The slaves build their first stream for the master's 0.5 s interval: with
+# the 1 s they assume otherwise, their channel would notice a silent master
+# later than 3 x 0.5 s, and the master would raise fence_after to match.
+SLAVE_ARGS = ("--fence-after", str(FENCE_AFTER), "--heartbeat-interval", "0.5")
 GiB = 1 << 30
 
 

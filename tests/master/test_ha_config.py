@@ -77,3 +77,15 @@ def test_a_new_leader_knows_the_lease_of_a_host_that_has_not_said_hello_to_it(tm
         assert successor.fence_after(HOST) == 30.0
         assert successor.fence_after("22222222-2222-4222-8222-222222222222") == 10.0
     run(body, tmp_path)
+
+
+def test_a_slave_whose_channel_notices_us_late_gets_a_longer_lease(tmp_path):
+    """Its first stream was built before it heard our interval: the floor is
+    dead_after + the slave's own transport bound when that is the larger."""
+    async def body(world: World):
+        sessions, announcer, _ = wired(world)
+        _, answer = await sessions.hello(pb.Hello(host_uuid=HOST, address="10.0.0.1:9",
+                                                  fence_after_ms=5000,
+                                                  transport_bound_ms=3000))
+        assert answer.fence_after_ms == 7000  # dead_after 3 + the slave's 3 + 1
+    run(body, tmp_path)

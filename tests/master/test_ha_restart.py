@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xcp.v1 import datamodel_pb2 as dm
+from xcp_control.lease import DECISION_DELAY
 from xcp_control.master.ha_restart import (PendingRestarts, fenced_by, has_quorum,
                                            restart_sequence)
 from xcp_control.slave.self_fence import FenceLease, HaConfig
@@ -43,7 +44,7 @@ def test_the_slave_always_fences_before_the_leader_restarts(transport_bound, det
             fence.configure(config, slave_saw)
             restart_at = fenced_by(leader_saw, config.fence_after, detect_bound)
             assert fence.deadline() < restart_at
-            assert restart_at - last_contact <= config.fence_after + 0.5 + 0.1
+            assert restart_at - last_contact <= config.fence_after + DECISION_DELAY + 0.5 + 0.1
 
 
 def test_retries_back_off_and_keep_the_order():

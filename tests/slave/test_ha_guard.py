@@ -199,3 +199,29 @@ def test_peer_status_says_how_long_the_stream_has_been_up():
     assert rig.guard.peer_status() == (True, 42.0)
     rig.connected = False
     assert rig.guard.peer_status() == (False, 0.0)
+
+
+def test_the_liveset_question_ends_once_the_answers_decide_it():
+    """A peer that never answers does not hold the verdict up."""
+    from xcp_control.slave.ha_guard import ask_liveset
+
+    async def body():
+        never = asyncio.Event()
+
+        def peers_saying(*answers):
+            async def ask_one(uuid, address):
+                answer = answers[int(uuid)]
+                if answer == "silent":
+                    await never.wait()
+                return answer
+            return [(str(i), "a") for i in range(len(answers))], ask_one
+
+        # Keep: two of three reached, none hears; the third never answers.
+        assert await ask_liveset(*peers_saying(False, "silent", False)) == (2, 0)
+        # Fence: one hears the leader, whatever the others say later.
+        reached, hearing = await ask_liveset(*peers_saying("silent", True, "silent"))
+        assert hearing == 1
+        # Fence: two of three unreachable, no majority can be reached any more.
+        reached, hearing = await ask_liveset(*peers_saying(None, None, "silent"))
+        assert (reached, hearing) == (0, 0)
+    asyncio.run(asyncio.wait_for(body(), 5))

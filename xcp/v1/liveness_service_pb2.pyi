@@ -18,7 +18,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., beat: _Optional[_Union[Beat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable", "fence_after_ms", "fenced")
+    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable", "fence_after_ms", "fenced", "transport_bound_ms")
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class Hello(_message.Message):
     HYPERVISOR_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_BOUND_MS_FIELD_NUMBER: _ClassVar[int]
     host_uuid: str
     name_label: str
     address: str
@@ -41,7 +42,8 @@ class Hello(_message.Message):
     hypervisor_unavailable: bool
     fence_after_ms: int
     fenced: bool
-    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., fenced: _Optional[bool] = ...) -> None: ...
+    transport_bound_ms: int
+    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., fenced: _Optional[bool] = ..., transport_bound_ms: _Optional[int] = ...) -> None: ...
 
 class Beat(_message.Message):
     __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains", "hypervisor_unavailable", "connected_for_ms")

@@ -69,7 +69,9 @@ class HaAnnouncer:
         and tells the slave the value it took (HeartbeatResponse.fence_after_ms),
         so both sides count the same lease."""
         fence_after = hello.fence_after_ms / 1000 if hello.fence_after_ms else DEFAULT_FENCE_AFTER
-        floor = self.detect_bound + self.transport_bound
+        # The slave's channel may be slower to notice us than our interval says
+        # (its first stream is built before it hears our interval).
+        floor = self.detect_bound + max(self.transport_bound, hello.transport_bound_ms / 1000)
         if fence_after <= floor:
             log.warning("host %s asks for fence_after %.1fs, not above dead_after + 3 PING "
                         "intervals (%.1fs): using %.1fs", host, fence_after, floor, floor + 1)

@@ -99,6 +99,13 @@ def forwarding_channel_options(contact_timeout: float) -> Options:
     ]
 
 
+def heartbeat_transport_bound(interval: float) -> float:
+    """How long a heartbeat channel built for `interval` takes, at most, to
+    notice a silent master: its keepalive time plus timeout (below). HA's
+    lease counts with it (xcp_control/lease.py)."""
+    return 3 * max(interval, 0.5)
+
+
 def heartbeat_channel_options(interval: float) -> Options:
     """Options for a slave's channel to the master: a hung master is noticed in
     about three intervals and the slave reconnects. The master PINGs us every

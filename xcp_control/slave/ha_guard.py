@@ -183,8 +183,7 @@ class SelfFencing:
 
 
 def peer_asker(credentials: grpc.ChannelCredentials | None) -> AskPeers:
-    """PeerStatus on every peer at once, each within PEER_DEADLINE: (reached,
-    hearing the leader)."""
+    """PeerStatus on every peer at once, each within PEER_DEADLINE (ask_liveset)."""
     async def ask_one(uuid: str, address: str) -> bool | None:  # None: not reached
         try:
             async with open_channel(address, [], credentials, host_dns_name(uuid)) as channel:
@@ -194,11 +193,33 @@ def peer_asker(credentials: grpc.ChannelCredentials | None) -> AskPeers:
         except grpc.aio.AioRpcError:
             return None
 
-    async def ask(peers: Sequence[tuple[str, str]]) -> tuple[int, int]:
-        answers = await asyncio.gather(*(ask_one(u, a) for u, a in peers))
-        reached = [a for a in answers if a is not None]
-        return len(reached), sum(reached)
-    return ask
+    return lambda peers: ask_liveset(peers, ask_one)
+
+
+async def ask_liveset(peers: Sequence[tuple[str, str]],
+                      ask_one: Callable[[str, str], Awaitable[bool | None]]) -> tuple[int, int]:
+    """(reached, hearing the leader), decided as soon as the answers decide
+    it: a peer that does not answer must not cost its whole deadline (a host
+    watchdog waits for "keep" only briefly). One peer hearing the leader means
+    fence; a majority not hearing it means keep (any majority will do: the
+    leader's quorum proof, lease.py 3., holds for every one of them)."""
+    tasks = [asyncio.ensure_future(ask_one(u, a)) for u, a in peers]
+    reached = hearing = unreachable = 0
+    try:
+        for done in asyncio.as_completed(tasks):
+            answer = await done
+            if answer is None:
+                unreachable += 1
+            else:
+                reached += 1
+                hearing += answer
+            if hearing or reached * 2 > len(peers) \
+                    or (len(peers) - unreachable) * 2 <= len(peers):
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+    return reached, hearing
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):

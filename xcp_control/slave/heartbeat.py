@@ -35,7 +35,7 @@ import grpc
 from xcp.v1 import liveness_service_pb2 as pb
 from xcp.v1 import liveness_service_pb2_grpc as pb_grpc
 from xcp_control.rpc.channels import open_channel
-from xcp_control.rpc.options import heartbeat_channel_options
+from xcp_control.rpc.options import heartbeat_channel_options, heartbeat_transport_bound
 from xcp_control.security.pki import MASTER_NAME
 from xcp_control.slave.backoff import (DEFAULT_INTERVAL, Reconnect, TurnedAway, hello_timeout,
                                        turned_away)
@@ -94,6 +94,7 @@ class HeartbeatClient:
         self.identity = identity
         self._hv = hypervisor
         self._interval = interval
+        self._channel_interval = interval  # what the current stream's channel was built for
         self._report_interval = interval
         self._reconnect = reconnect or Reconnect(reconnect_cap, rng=rng)
         self._clock = clock
@@ -139,6 +140,13 @@ class HeartbeatClient:
     def interval(self) -> float:
         """Seconds between the master's PINGs, as it last said."""
         return self._interval
+
+    @property
+    def transport_bound(self) -> float:
+        """How long the current stream's channel may take to notice a silent
+        master (it was built before the master said its interval, so it is
+        the channel's, not the master's, that counts)."""
+        return heartbeat_transport_bound(self._channel_interval)
 
     @property
     def report_interval(self) -> float:
@@ -208,6 +216,7 @@ class HeartbeatClient:
         # A fresh channel per stream with its own subchannel: a shared or reused
         # one could still sit in gRPC's own reconnect backoff, and a retry would
         # then fail at once however long we waited.
+        self._channel_interval = self._interval
         options = heartbeat_channel_options(self._interval) + [
             ("grpc.use_local_subchannel_pool", 1)]
         channel = open_channel(self.master, options, self._credentials, MASTER_NAME)
@@ -228,6 +237,7 @@ class HeartbeatClient:
         hello.hello.hypervisor_unavailable = not self._hv.available  # the list is stale
         hello.hello.fence_after_ms = self._fence_after_ms
         hello.hello.fenced = self._fenced()
+        hello.hello.transport_bound_ms = round(self.transport_bound * 1000)
         await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:

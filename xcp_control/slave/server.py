@@ -20,7 +20,7 @@ import grpc
 
 from xcp.v1 import slave_service_pb2_grpc as pb_grpc
 from xcp_control import daemon
-from xcp_control.rpc.options import server_options
+from xcp_control.rpc.options import heartbeat_transport_bound, server_options
 from xcp_control.rpc.server import DecodeGuard, PortInUse, add_standard_services, bind
 from xcp_control.security import setup as security
 from xcp_control.settings import SlaveSettings
@@ -90,6 +90,7 @@ class Slave:
                  self.address, s.master)
         self._client = HeartbeatClient(s.master, identity, self.hypervisor,
                                        reconnect_cap=s.reconnect_cap,
+                                       interval=s.heartbeat_interval,
                                        credentials=sec.channel_credentials,
                                        on_epoch=self.fence.seen,
                                        fence_after=s.fence_after, on_ha=self._on_ha,
@@ -124,9 +125,10 @@ class Slave:
 
     def _transport_bound(self) -> float:
         """How long our heartbeat channel may go without hearing the master
-        before it closes: its keepalive time plus timeout (rpc/options.py)."""
-        interval = self._client.interval if self._client is not None else 1.0
-        return 3 * max(interval, 0.5)
+        before it closes (HeartbeatClient.transport_bound)."""
+        if self._client is None:
+            return heartbeat_transport_bound(self.settings.heartbeat_interval)
+        return self._client.transport_bound
 
     @property
     def name_label(self) -> str:

@@ -27,9 +27,9 @@ close when the slave dies.
 The arithmetic (both sides': xcp_control/lease.py).
 - D = the lease's deadline, the moment this host must have fenced by. The
   leader restarts at fenced_by = lost_at - detect_bound + fence_after x 1.01
-  + 0.25 s, and lost_at is no earlier than the slave's last confirmation less
-  its transport bound: fenced_by >= D + fence_after x RATE_MARGIN +
-  FIXED_MARGIN (0.25 s). That worst case is a host the leader lost a whole
+  + DECISION_DELAY (0.75 s) + 0.25 s, and lost_at is no earlier than the
+  slave's last confirmation less its transport bound: fenced_by >= D +
+  fence_after x RATE_MARGIN + DECISION_DELAY + FIXED_MARGIN (1.0 s). That worst case is a host the leader lost a whole
   transport bound before the slave saw its stream end; when the slave process
   dies its stream ends at once, and the leader restarts a transport bound
   (6 s with the defaults) later still.
@@ -53,7 +53,8 @@ The arithmetic (both sides': xcp_control/lease.py).
   guard's next 0.25 s tick. When the master tier is down (a majority of peers
   reached, none hears the leader) the guard holds the lease (extends it by
   one term) and the keeper opens and pets the device again: the peers must
-  answer within GRACE less RELEASE_AHEAD of D (milliseconds on a LAN), or the
+  answer within GRACE less RELEASE_AHEAD of D (milliseconds on a LAN; the
+  question ends as soon as the answers decide it: ha_guard.peer_asker), or the
   host resets (the safe side, at the cost of its VMs while the master tier is
   down). When a held lease runs out without "keep", the guard gives the slave
   the rejoin window before it fences; D is then the window's end, which the
