@@ -444,6 +444,8 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         "streams_broken": after["broken"] - before["broken"],
         "ha_configs_in_window": after["ha_configs"] - before["ha_configs"],
         "ha_configs": after["ha_configs"], "ha_peers_received": after["ha_peers"],
+        "ha_config_mb": round(after["ha_bytes"] / 2**20, 1),
+        "ha_config_mb_in_window": round((after["ha_bytes"] - before["ha_bytes"]) / 2**20, 1),
         "load": common.load_note(),
     }
     if metrics and scrape:
@@ -464,8 +466,9 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         f"p99 {result['list_hosts_ms']['p99']} ms, {false_deaths} false deaths, "
         f"{beats:.0f} beats/s, loadgen {result['loadgen_cpu_pct']}% "
         f"late {result['loadgen_late_beats']}, HA configs {result['ha_configs']} "
-        f"({result['ha_configs_in_window']} in the window, {result['ha_peers_received']} "
-        f"peers); {result['load']}"
+        f"({result['ha_configs_in_window']} in the window), peer lists "
+        f"{result['ha_config_mb']} MB ({result['ha_config_mb_in_window']} MB in the window); "
+        f"{result['load']}"
         + (f"; scrape p50 {result['scrape_ms']['p50']} ms p99 {result['scrape_ms']['p99']} ms "
            f"(n={result['scrape_ms']['n']}), xcp_hosts{{live=true}} "
            f"{result['metrics_live_hosts']}" if metrics and scrape else ""))

@@ -26,7 +26,8 @@ def copy_with(message, **fields):
 
 def wired(world: World) -> tuple[HeartbeatSessions, HaAnnouncer, list]:
     pool_ha = PoolHa(world.store, world.liveness)
-    announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0, transport_bound=0.5)
+    announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0, transport_bound=0.5,
+                            min_gap=0.0)  # passes paced by their own cost only
     pushed: list[tuple[str, pb.HeartbeatResponse]] = []
     announcer.push = lambda host, message: pushed.append((host, message))
     world.store.add_listener(announcer.on_changes)

@@ -13,9 +13,10 @@ for a pool of 10,000 joining (BENCHMARKS.md, HA restart: 300 hosts took 42,000
 pushes carrying 8.5 million peers). Instead the list is encoded once per
 change (each peer's bytes kept, one sort) and a delivery pass sends it to the
 streams that have not had the current one, yielding to the loop every few
-milliseconds, and the next pass waits three times as long as the last took: a
-burst of joins costs at most about a quarter of the loop, and the change is
-delivered once, not once per join. A slave without the current list is on
+milliseconds, and the next pass waits three times as long as the last took
+(0.25 s at least): a burst of joins costs at most about a quarter of the loop,
+and is delivered about once per pass, not once per join. The first pass after
+a quiet spell runs at once. A slave without the current list is on
 the safe side of the liveset rule: with no peers it fences when it loses the
 leader (it never keeps its domains by a rule it cannot check), and a list
 short of new hosts is what a partitioned slave would hold anyway (see the
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FENCE_AFTER = 10.0  # seconds: a slave that sends none (DESIGN.md)
 YIELD_EVERY = 0.005  # seconds of delivery work between two turns of the event loop
 PACE = 3.0  # a delivery pass that took d seconds: the next one not before PACE * d
+MIN_GAP = 0.25  # seconds between two passes at least: a burst of joins is one delivery
 
 Push = Callable[[str, pb.HeartbeatResponse], None]
 
@@ -96,8 +98,9 @@ class HaAnnouncer:
     delivers the peers (see the module's docstring)."""
 
     def __init__(self, store: Store, pool_ha: PoolHa, detect_bound: float,
-                 transport_bound: float = 0.0) -> None:
+                 transport_bound: float = 0.0, min_gap: float = MIN_GAP) -> None:
         self._store = store
+        self._min_gap = min_gap
         self._pool_ha = pool_ha
         self.detect_bound = detect_bound
         # The slave's own bound (its channel's keepalive time + timeout, three
@@ -232,7 +235,7 @@ class HaAnnouncer:
                     if self._peer_list().version != version:
                         break  # changed again: the next pass sends the new list
             self.passes += 1
-            self._not_before = loop.time() + PACE * (loop.time() - started)
+            self._not_before = loop.time() + max(self._min_gap, PACE * (loop.time() - started))
 
     async def delivered(self, timeout: float = 5.0) -> None:
         """Until no open stream lacks the current peers (tests)."""
