@@ -27,7 +27,7 @@ def copy_with(message, **fields):
 def wired(world: World) -> tuple[HeartbeatSessions, HaAnnouncer, list]:
     pool_ha = PoolHa(world.store, world.liveness)
     announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0, transport_bound=0.5,
-                            min_gap=0.0)  # passes paced by their own cost only
+                            min_gap=0.0, peer_rate=1e12)  # no pacing in these tests
     pushed: list[tuple[str, pb.HeartbeatResponse]] = []
     announcer.push = lambda host, message: pushed.append((host, message))
     world.store.add_listener(announcer.on_changes)
@@ -150,3 +150,19 @@ def test_peer_list_encodes_each_host_once_and_leaves_one_out():
     decoded = pb.HeartbeatResponse.FromString(peers.without("nobody"))
     assert [p.host_uuid for p in decoded.peers] == ["a", "b"]
     assert len(peers) == 2
+
+
+def test_streams_without_peers_are_served_before_stale_ones(tmp_path):
+    async def body(world: World):
+        sessions, announcer, pushed = wired(world)
+        old, new = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+        streams = [old]
+        announcer.open_hosts = lambda: streams
+        await world.add_host("other")
+        await PoolHa(world.store, world.liveness).configure(True, 0)
+        await announcer.delivered()
+        streams.append(new)  # opened; and the peers changed since `old` had them
+        host = dm.Host(uuid="22222222-0000-4000-8000-000000000000", address="10.0.1.1:1")
+        announcer.on_changes([Change(1000, "ADD", "host", host.uuid, host)])
+        assert announcer._stale() == [new, old]
+    run(body, tmp_path)

@@ -12,11 +12,11 @@ so telling every stream about every change is O(hosts^2) per change, O(hosts^3)
 for a pool of 10,000 joining (BENCHMARKS.md, HA restart: 300 hosts took 42,000
 pushes carrying 8.5 million peers). Instead the list is encoded once per
 change (each peer's bytes kept, one sort) and a delivery pass sends it to the
-streams that have not had the current one, yielding to the loop every few
-milliseconds, and the next pass waits three times as long as the last took
-(0.25 s at least): a burst of joins costs at most about a quarter of the loop,
-and is delivered about once per pass, not once per join. The first pass after
-a quiet spell runs at once. A slave without the current list is on
+streams that have not had the current one (those with none yet first),
+yielding to the loop every few milliseconds and keeping the bytes within
+PEER_RATE per second; passes are 0.25 s apart at least, so a burst of joins
+is delivered about once per pass, not once per join, and costs a bounded
+share of the master's core. The first pass after a quiet spell runs at once. A slave without the current list is on
 the safe side of the liveset rule: with no peers it fences when it loses the
 leader (it never keeps its domains by a rule it cannot check), and a list
 short of new hosts is what a partitioned slave would hold anyway (see the
@@ -45,8 +45,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FENCE_AFTER = 10.0  # seconds: a slave that sends none (DESIGN.md)
 YIELD_EVERY = 0.005  # seconds of delivery work between two turns of the event loop
-PACE = 3.0  # a delivery pass that took d seconds: the next one not before PACE * d
+# Peer lists sent per second at most: serialising and sending is paid per byte
+# (BENCHMARKS.md, HA restart: a fifth of a core here). 10,000 hosts' lists are
+# 5.7 GB (570 KB each): about 3 minutes; 1,000 hosts' 57 MB, 1.8 s.
+PEER_RATE = 32 * 2**20
 MIN_GAP = 0.25  # seconds between two passes at least: a burst of joins is one delivery
+SLOW_PASS = 10.0  # seconds: a pass this long is logged
 
 Push = Callable[[str, pb.HeartbeatResponse], None]
 
@@ -98,9 +102,11 @@ class HaAnnouncer:
     delivers the peers (see the module's docstring)."""
 
     def __init__(self, store: Store, pool_ha: PoolHa, detect_bound: float,
-                 transport_bound: float = 0.0, min_gap: float = MIN_GAP) -> None:
+                 transport_bound: float = 0.0, min_gap: float = MIN_GAP,
+                 peer_rate: float = PEER_RATE) -> None:
         self._store = store
         self._min_gap = min_gap
+        self._rate = peer_rate
         self._pool_ha = pool_ha
         self.detect_bound = detect_bound
         # The slave's own bound (its channel's keepalive time + timeout, three
@@ -156,9 +162,8 @@ class HaAnnouncer:
 
     def with_peers(self, host: str) -> pb.HeartbeatResponse:
         """The full config of one host: its own settings and every other peer."""
-        answer = self._config(host, pb.HeartbeatResponse())
-        answer.MergeFromString(self._peer_list().without(host))
-        return answer
+        blob = self._peer_list().without(host)
+        return self._config(host, pb.HeartbeatResponse.FromString(blob))
 
     def _peer_list(self) -> PeerList:
         if self._peers is None:
@@ -212,9 +217,11 @@ class HaAnnouncer:
                 self._delivery = None
 
     def _stale(self) -> list[str]:
+        """Open streams without the current peers, those with none yet first."""
         version = self._peer_list().version
-        return [h for h in self.open_hosts()
-                if self._delivered.get(h) != version and h not in self._joining]
+        stale = [h for h in self.open_hosts()
+                 if self._delivered.get(h) != version and h not in self._joining]
+        return sorted(stale, key=lambda h: h in self._delivered)
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
@@ -223,19 +230,29 @@ class HaAnnouncer:
                 await asyncio.sleep(self._not_before - loop.time())
                 continue  # what is stale may have changed meanwhile
             started = turn = loop.time()
-            version = self._peer_list().version
+            peers = self._peer_list()
+            version, sent, streams = peers.version, 0, 0
             for host in hosts:
                 if self._delivered.get(host) == version or host in self._joining:
                     continue  # answered meanwhile, or a new stream about to open
-                self.push(host, self.with_peers(host))
+                blob = peers.without(host)
+                self.push(host, self._config(host, pb.HeartbeatResponse.FromString(blob)))
                 self._delivered[host] = version
-                if loop.time() - turn >= YIELD_EVERY:
-                    await asyncio.sleep(0)  # heartbeats, Hellos and API calls go first
+                sent, streams = sent + len(blob), streams + 1
+                # Heartbeats, Hellos and API calls go first; the bytes stay
+                # within their rate (serialising and sending cost per byte).
+                ahead = sent / self._rate - (loop.time() - started)
+                if ahead > 0 or loop.time() - turn >= YIELD_EVERY:
+                    await asyncio.sleep(max(0.0, ahead))
                     turn = loop.time()
                     if self._peer_list().version != version:
-                        break  # changed again: the next pass sends the new list
+                        break  # changed again: the rest get the new list
             self.passes += 1
-            self._not_before = loop.time() + max(self._min_gap, PACE * (loop.time() - started))
+            took = loop.time() - started
+            if took >= SLOW_PASS:
+                log.warning("HA: peers (%d hosts, %.0f MB) delivered to %d streams in %.1fs",
+                            len(peers), sent / 2**20, streams, took)
+            self._not_before = loop.time() + self._min_gap
 
     async def delivered(self, timeout: float = 5.0) -> None:
         """Until no open stream lacks the current peers (tests)."""
