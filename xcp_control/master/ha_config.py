@@ -12,7 +12,7 @@ so telling every stream about every change is O(hosts^2) per change, O(hosts^3)
 for a pool of 10,000 joining (BENCHMARKS.md, HA restart: 300 hosts took 42,000
 pushes carrying 8.5 million peers). Instead the list is encoded once per
 change (each peer's bytes kept, one sort) and a delivery pass sends it to the
-streams that have not had the current one (those with none yet first),
+streams that have not had the current one (the oldest lists first),
 yielding to the loop every few milliseconds and keeping the bytes within
 PEER_RATE per second; passes are 0.25 s apart at least, so a burst of joins
 is delivered about once per pass, not once per join, and costs a bounded
@@ -217,11 +217,13 @@ class HaAnnouncer:
                 self._delivery = None
 
     def _stale(self) -> list[str]:
-        """Open streams without the current peers, those with none yet first."""
+        """Open streams without the current peers, oldest list first (none
+        yet, then by version): a pass cut short by a change serves the rest
+        first next time."""
         version = self._peer_list().version
         stale = [h for h in self.open_hosts()
                  if self._delivered.get(h) != version and h not in self._joining]
-        return sorted(stale, key=lambda h: h in self._delivered)
+        return sorted(stale, key=lambda h: self._delivered.get(h, -1))
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
