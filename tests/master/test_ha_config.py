@@ -29,7 +29,10 @@ def wired(world: World) -> tuple[HeartbeatSessions, HaAnnouncer, list]:
     announcer = HaAnnouncer(world.store, pool_ha, detect_bound=3.0, transport_bound=0.5,
                             min_gap=0.0, peer_rate=1e12)  # no pacing in these tests
     pushed: list[tuple[str, pb.HeartbeatResponse]] = []
-    announcer.push = lambda host, message: pushed.append((host, message))
+    # As the stream sends them: the peers arrive encoded (rpc/server.PreEncodedResponses).
+    announcer.push = lambda host, message: pushed.append(
+        (host, pb.HeartbeatResponse.FromString(message) if isinstance(message, bytes)
+         else message))
     world.store.add_listener(announcer.on_changes)
     mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW, write_interval=30.0)
     sessions = HeartbeatSessions(world.store, world.liveness, mirror, 1.0, clock=lambda: NOW)

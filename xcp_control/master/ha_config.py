@@ -11,7 +11,9 @@ Why the peers travel apart, and paced: a peer list is O(hosts) per stream,
 so telling every stream about every change is O(hosts^2) per change, O(hosts^3)
 for a pool of 10,000 joining (BENCHMARKS.md, HA restart: 300 hosts took 42,000
 pushes carrying 8.5 million peers). Instead the list is encoded once per
-change (each peer's bytes kept, one sort) and a delivery pass sends it to the
+change (each peer's bytes kept, one sort; each stream's message is its own
+settings' few bytes and that encoding less its own entry, sent as bytes, never
+parsed or serialized again) and a delivery pass sends it to the
 streams that have not had the current one (the oldest lists first),
 yielding to the loop every few milliseconds and keeping the bytes within
 PEER_RATE per second; passes are 0.25 s apart at least, so a burst of joins
@@ -52,7 +54,8 @@ PEER_RATE = 32 * 2**20
 MIN_GAP = 0.25  # seconds between two passes at least: a burst of joins is one delivery
 SLOW_PASS = 10.0  # seconds: a pass this long is logged
 
-Push = Callable[[str, pb.HeartbeatResponse], None]
+# A message, or one already encoded (the peers: rpc/server.PreEncodedResponses).
+Push = Callable[[str, "pb.HeartbeatResponse | bytes"], None]
 
 
 class PeerList:
@@ -160,10 +163,11 @@ class HaAnnouncer:
         answer.detect_bound_ms = round(self.detect_bound * 1000)
         return answer
 
-    def with_peers(self, host: str) -> pb.HeartbeatResponse:
-        """The full config of one host: its own settings and every other peer."""
-        blob = self._peer_list().without(host)
-        return self._config(host, pb.HeartbeatResponse.FromString(blob))
+    def with_peers(self, host: str) -> bytes:
+        """The full config of one host, encoded: its own settings, then every
+        other peer (two encodings joined are one message with both's fields)."""
+        head = self._config(host, pb.HeartbeatResponse()).SerializeToString()
+        return head + self._peer_list().without(host)
 
     def _peer_list(self) -> PeerList:
         if self._peers is None:
@@ -237,10 +241,10 @@ class HaAnnouncer:
             for host in hosts:
                 if self._delivered.get(host) == version or host in self._joining:
                     continue  # answered meanwhile, or a new stream about to open
-                blob = peers.without(host)
-                self.push(host, self._config(host, pb.HeartbeatResponse.FromString(blob)))
+                encoded = self.with_peers(host)
+                self.push(host, encoded)
                 self._delivered[host] = version
-                sent, streams = sent + len(blob), streams + 1
+                sent, streams = sent + len(encoded), streams + 1
                 # Heartbeats, Hellos and API calls go first; the bytes stay
                 # within their rate (serialising and sending cost per byte).
                 ahead = sent / self._rate - (loop.time() - started)
