@@ -11,18 +11,20 @@ Why the peers travel apart, and paced: a peer list is O(hosts) per stream,
 so telling every stream about every change is O(hosts^2) per change, O(hosts^3)
 for a pool of 10,000 joining (BENCHMARKS.md, HA restart: 300 hosts took 42,000
 pushes carrying 8.5 million peers). Instead the list is encoded once per
-change (each peer's bytes kept, one sort; each stream's message is its own
-settings' few bytes and that encoding less its own entry, sent as bytes, never
-parsed or serialized again) and a delivery pass sends it to the
-streams that have not had the current one (the oldest lists first),
-yielding to the loop every few milliseconds and keeping the bytes within
-PEER_RATE per second; passes are 0.25 s apart at least, so a burst of joins
-is delivered about once per pass, not once per join, and costs a bounded
-share of the master's core. The first pass after a quiet spell runs at once. A slave without the current list is on
-the safe side of the liveset rule: with no peers it fences when it loses the
-leader (it never keeps its domains by a rule it cannot check), and a list
-short of new hosts is what a partitioned slave would hold anyway (see the
-note for the lease rule in BENCHMARKS.md).
+change of the peer set (each peer's bytes kept, one sort). A stream's message
+is its own settings' few bytes joined to that encoding less its own entry,
+sent as bytes (never parsed or serialized per stream). Delivery passes send
+it to the streams that lack the current list, oldest lists first, yielding to
+the loop every few milliseconds and within PEER_RATE bytes a second; passes
+are MIN_GAP apart at least, so a burst of joins is delivered about once per
+pass, not once per join, at a bounded share of the master's core. The first
+pass after a quiet spell runs at once.
+
+A slave without the current list is on the safe side of the liveset rule:
+with no peers it fences when it loses the leader (it never keeps its domains
+by a rule it cannot check); a list short of new hosts is what a slave
+partitioned before a push holds anyway (BENCHMARKS.md: a note for the lease
+rule).
 
 fence_after is the slave's setting (`xcp-slave --fence-after`), sent in its
 Hello and kept here per host (the restarter reads it: ha_restart.py). One
