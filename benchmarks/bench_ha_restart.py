@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
 
-from benchmarks.common import TREE_MASTER, archived_tree, load_note, machine_line, summarize  # noqa: E402
+from benchmarks.common import (TREE_MASTER, archived_tree, install_sigterm_handler,  # noqa: E402
+                               load_note, machine_line, summarize)
 from tests.support.lab import Lab  # noqa: E402
 from tests.support.processes import wait_until  # noqa: E402
 from xcp.v1 import datamodel_pb2 as dm, pool_service_pb2 as ps  # noqa: E402
@@ -219,6 +220,7 @@ def main() -> int:
     if not 1 <= args.trials <= 50:
         parser.error("trials 1..50")
     faults = args.faults.split(",")
+    install_sigterm_handler()  # a SIGTERM still removes the processes and the namespace
     print(machine_line())
     print(load_note(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ha-restart-") as tmp:
