@@ -328,11 +328,14 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
                           server_options, label: str, open_rate: float = 0.0,
                           client: str = "h2", storm: bool = False,
                           timing: tuple[float, float, float] = (2.0, 3.0, 10.0),
-                          metrics: bool = False, scrape: bool = True) -> dict:
+                          metrics: bool = False, scrape: bool = True, ha: bool = False,
+                          tree: str = "") -> dict:
     """`storm`: no load shedding on the master and the old reconnect policy on the
     slaves (BENCHMARKS.md: the reconnect storm), for A/B runs against the fix.
     `metrics`: the master serves /metrics and, with `scrape`, is scraped every
-    second through both windows."""
+    second through both windows. `ha`: HA enabled on the pool (SetHaConfig) before
+    the hosts join, and each Hello asks for fence_after 10 s, as real slaves'
+    default does. `tree`: the master of another checkout (common.archived_tree)."""
     db = work / f"scale-{hosts}-{label}.db"
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -343,15 +346,18 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
     if metrics:
         extra += ["--metrics-listen", metrics_url[len("http://"):-len("/metrics")]]
     master = Master(db, server_options=server_options, heartbeat_interval=interval,
-                    dead_after=dead_after, report_interval=report, extra=extra)
+                    dead_after=dead_after, report_interval=report, extra=extra, tree=tree)
     gen = None
     try:
+        if ha:
+            await _enable_ha(master.address)
         await asyncio.sleep(1.0)
         idle_rss = common.rss_bytes(master.pid)
         gen = LoadGen(master.address, hosts, procs=procs, duration=duration + 600,
                       seed=f"scale-{hosts}",
                       open_rate=open_rate or (500.0 if hosts <= 4000 else 200.0),
-                      cpus=common.LOAD_CPUS, client=client, old_reconnect=storm).start()
+                      cpus=common.LOAD_CPUS, client=client, old_reconnect=storm,
+                      fence_after=10.0 if ha else 0.0).start()
         try:
             t_open = await asyncio.to_thread(gen.wait_open, None, 180 + hosts / gen.open_rate)
         except TimeoutError:  # the master cannot take them all: report how it failed
@@ -436,6 +442,10 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         "loadgen_late_beats": after["late"] - before["late"],
         "loadgen_max_late_s": after["max_late"],
         "streams_broken": after["broken"] - before["broken"],
+        "ha_configs_in_window": after["ha_configs"] - before["ha_configs"],
+        "ha_configs": after["ha_configs"], "ha_peers_received": after["ha_peers"],
+        "ha_config_mb": round(after["ha_bytes"] / 2**20, 1),
+        "ha_config_mb_in_window": round((after["ha_bytes"] - before["ha_bytes"]) / 2**20, 1),
         "load": common.load_note(),
     }
     if metrics and scrape:
@@ -455,11 +465,22 @@ async def bench_scale_one(work: Path, hosts: int, duration: float, procs: int,
         f"{result['master_rss_mb']} MB, ListHosts p50 {result['list_hosts_ms']['p50']} ms "
         f"p99 {result['list_hosts_ms']['p99']} ms, {false_deaths} false deaths, "
         f"{beats:.0f} beats/s, loadgen {result['loadgen_cpu_pct']}% "
-        f"late {result['loadgen_late_beats']}; {result['load']}"
+        f"late {result['loadgen_late_beats']}, HA configs {result['ha_configs']} "
+        f"({result['ha_configs_in_window']} in the window), peer lists "
+        f"{result['ha_config_mb']} MB ({result['ha_config_mb_in_window']} MB in the window); "
+        f"{result['load']}"
         + (f"; scrape p50 {result['scrape_ms']['p50']} ms p99 {result['scrape_ms']['p99']} ms "
            f"(n={result['scrape_ms']['n']}), xcp_hosts{{live=true}} "
            f"{result['metrics_live_hosts']}" if metrics and scrape else ""))
     return result
+
+
+async def _enable_ha(address: str) -> None:
+    from xcp.v1 import pool_service_pb2 as ps, pool_service_pb2_grpc as ps_grpc
+
+    async with common.aio_channel(address) as ch:
+        await ps_grpc.PoolServiceStub(ch).SetHaConfig(ps.SetHaConfigRequest(enabled=True),
+                                                      timeout=10)
 
 
 async def bench_scale(work: Path, counts: list[int], duration: float, procs: int,
@@ -467,16 +488,21 @@ async def bench_scale(work: Path, counts: list[int], duration: float, procs: int
                       client: str = "h2",
                       timing: tuple[float, float, float] = (2.0, 3.0, 10.0)) -> list[dict]:
     out = []
+    trees: dict[str, str] = {}
     for hosts in counts:
-        for variant in variants:
+        for spec in variants:
+            variant, _, commit = spec.partition("@")
+            if commit and commit not in trees:
+                trees[commit] = common.archived_tree(commit, work / f"tree-{len(trees)}")
             options = common.NO_BDP if variant == "no-bdp" else ()
             common.wait_quiet(log=log)
             out.append(await bench_scale_one(work, hosts, duration, procs, options,
-                                             f"{variant}/{client}" if client != "h2" else variant,
+                                             f"{spec}/{client}" if client != "h2" else spec,
                                              open_rate, client, storm=variant == "storm",
                                              timing=timing,
                                              metrics=variant.startswith("metrics"),
-                                             scrape=variant == "metrics"))
+                                             scrape=variant == "metrics", ha=variant == "ha",
+                                             tree=trees.get(commit, "")))
     return out
 
 
@@ -581,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(grpc.http2.bdp_probe=0 patched in; now the default anyway), storm "
                         "(no load shedding, slaves' old reconnect policy: the A/B of the fix), metrics "
                         "(--metrics-listen on, /metrics scraped every second), metrics-idle "
-                        "(on, never scraped)")
+                        "(on, never scraped), ha (HA enabled on the pool before the hosts "
+                        "join); VARIANT@COMMIT runs that commit's master (an A/B)")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="scale: first-stream opens per second (default 500, 200 above 4,000)")
     p.add_argument("--client", choices=("h2", "grpc"), default="h2",

@@ -254,6 +254,21 @@ sys.argv[0] = "xcp-master"
 sys.exit(main())
 """
 
+def archived_tree(commit: str, into: Path) -> str:
+    """That commit's xcp_control and xcp packages under `into` (git archive: no
+    worktree, nothing changed in the repository), for TREE_MASTER."""
+    import io
+    import subprocess
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    data = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit,
+                           "xcp_control", "xcp"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return str(into)
+
+
 # The proposed fix: no BDP probing on the master's server. grpc answers nearly every
 # incoming heartbeat with a BDP-probe PING (and reads its ACK): half the master's
 # per-beat CPU. Heartbeat streams carry a few dozen bytes: nothing to estimate.

@@ -118,6 +118,9 @@ class Counts:
         self.replies = 0  # responses after the Hello (send_domains etc.)
         self.up = 0  # streams up right now
         self.resent = 0  # beats carrying the (empty) domain list, as the master asked
+        self.ha_configs = 0  # HA configs received (Hello answers and pushes)
+        self.ha_peers = 0  # peers those configs listed, in all (parsed ones)
+        self.ha_bytes = 0  # bytes of the large configs counted unparsed (H2Host.take)
         self.pings_in = 0  # PINGs from the master (keepalive, BDP probes) answered
         self.pings_out = 0  # keepalive PINGs we sent (none while the master PINGs us)
         self.stalled = 0  # beats not sent: no HTTP/2 send window (h2 client)
@@ -190,7 +193,7 @@ class SimHost:
                     host_uuid=self.uuid, name_label=f"sim-{w.seed}-{self.index:05d}",
                     address=f"127.0.0.1:{20000 + self.index % 40000}",
                     memory_total=MEMORY_TOTAL, memory_free=MEMORY_TOTAL,
-                    domains_digest=EMPTY_DIGEST, enabled=True))
+                    domains_digest=EMPTY_DIGEST, enabled=True, fence_after_ms=w.fence_after_ms))
                 await asyncio.wait_for(call.write(hello), w.io_timeout)
                 try:
                     reply = await asyncio.wait_for(call.read(), w.hello_timeout)
@@ -277,6 +280,7 @@ _DATA, _HEADERS, _RST, _SETTINGS, _PING, _GOAWAY, _WINDOW = 0, 1, 3, 4, 6, 7, 8
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 _PATH = "/xcp.v1.LivenessService/Heartbeat"
 _RECV_WINDOW = 1 << 20
+_LARGE = 4096  # bytes: a gRPC message this large is an HA config with peers (take())
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -346,13 +350,15 @@ class H2Host(asyncio.BufferedProtocol):
         self.due = 0.0
         self.buf = bytearray()
         self.msg = bytearray()
+        self.skip = 0  # bytes of a large message still to drop (take())
         self.send_window = 65535  # connection and stream alike: our beats are tiny
         self.received = 0
         self.ended = True
         hello = pb.HeartbeatRequest(hello=pb.Hello(
             host_uuid=self.uuid, name_label=f"sim-{worker.seed}-{index:05d}",
             address=f"127.0.0.1:{20000 + index % 40000}", memory_total=MEMORY_TOTAL,
-            memory_free=MEMORY_TOTAL, domains_digest=EMPTY_DIGEST, enabled=True))
+            memory_free=MEMORY_TOTAL, domains_digest=EMPTY_DIGEST, enabled=True,
+            fence_after_ms=worker.fence_after_ms))
         self.hello = hello.SerializeToString()
 
     # -- scheduling
@@ -370,6 +376,7 @@ class H2Host(asyncio.BufferedProtocol):
         self.resend = False
         self.buf.clear()
         self.msg.clear()
+        self.skip = 0
         self.send_window = 65535
         self.received = 0
         loop = asyncio.get_running_loop()
@@ -523,14 +530,7 @@ class H2Host(asyncio.BufferedProtocol):
                 inc = self.received.to_bytes(4, "big")
                 t.write(_frame(_WINDOW, 0, 0, inc) + _frame(_WINDOW, 0, 1, inc))
                 self.received = 0
-            self.msg += payload
-            while len(self.msg) >= 5:
-                size = int.from_bytes(self.msg[1:5], "big")
-                if len(self.msg) < 5 + size:
-                    break
-                body = bytes(self.msg[5:5 + size])
-                del self.msg[:5 + size]
-                self.on_message(body)
+            self.take(payload)
             if flags & _END_STREAM:
                 self.fail("master ended the stream")
         elif kind == _HEADERS:
@@ -550,9 +550,39 @@ class H2Host(asyncio.BufferedProtocol):
         elif kind == _GOAWAY:
             self.fail("GOAWAY")
 
+    def take(self, data: bytes) -> None:
+        """gRPC messages out of DATA payloads. A large one is the HA config with
+        the pool's peers (O(hosts) bytes, the only large message the master
+        sends): counted and dropped unparsed. A real slave parses its own list
+        on its own host; 10,000 simulated ones parsing theirs on one core would
+        measure the load generator, not the master, whose cost (building,
+        serialising, sending) is unchanged."""
+        if self.skip:
+            n = min(self.skip, len(data))
+            self.skip -= n
+            data = data[n:]
+        self.msg += data
+        while len(self.msg) >= 5:
+            size = int.from_bytes(self.msg[1:5], "big")
+            if size > _LARGE:
+                self.w.counts.ha_configs += 1
+                self.w.counts.ha_bytes += size
+                have = len(self.msg) - 5
+                self.skip = max(0, size - have)
+                del self.msg[:5 + min(size, have)]
+                continue
+            if len(self.msg) < 5 + size:
+                break
+            body = bytes(self.msg[5:5 + size])
+            del self.msg[:5 + size]
+            self.on_message(body)
+
     def on_message(self, body: bytes) -> None:
         w = self.w
         reply = pb.HeartbeatResponse.FromString(body)
+        if reply.ha_config:  # HA's config: taken as a slave takes it (heartbeat._apply)
+            w.counts.ha_configs += 1
+            w.counts.ha_peers += len(reply.peers)
         if self.up:
             w.counts.replies += 1
             if reply.send_domains:
@@ -589,6 +619,7 @@ class Worker:
         self.goodbye = a.goodbye
         self.report_sessions = a.report_sessions
         self.reconnect_cap = a.reconnect_cap
+        self.fence_after_ms = round(a.fence_after * 1000)  # 0: none sent (the master's default)
         self.io_timeout = max(2 * a.interval, 0.5)
         # --old-reconnect: the slaves before the storm fix (BENCHMARKS.md), for A/B runs:
         # a Hello unanswered within 2 intervals, and no further backoff when turned away.
@@ -625,6 +656,7 @@ class Worker:
         return {"type": kind, "proc": self.proc, "hosts": len(self.hosts), "up": c.up,
                 "opened": c.opened, "failed": c.failed, "broken": c.broken,
                 "beats": c.beats, "replies": c.replies, "late": c.late, "stalled": c.stalled, "pings_in": c.pings_in, "pings_out": c.pings_out, "resent": c.resent,
+                "ha_configs": c.ha_configs, "ha_peers": c.ha_peers, "ha_bytes": c.ha_bytes,
                 "max_late": round(c.max_late, 3),
                 "elapsed": round(time.monotonic() - self.started, 3),
                 "cpu_s": round(common.cpu_seconds(os.getpid()), 3),
@@ -692,7 +724,8 @@ class LoadGen:
                  goodbye: bool = True, report_sessions: bool = False,
                  reconnect_cap: float = 1.0, cpus: set[int] | None = common.LOAD_CPUS,
                  first_index: int = 0, keepalive: bool = True, client: str = "h2",
-                 old_reconnect: bool = False, busy_cap: float = BUSY_BACKOFF_CAP) -> None:
+                 old_reconnect: bool = False, busy_cap: float = BUSY_BACKOFF_CAP,
+                 fence_after: float = 0.0) -> None:
         check_loopback(master)
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be 1..{MAX_HOSTS}")
@@ -704,6 +737,7 @@ class LoadGen:
         self.reconnect_cap, self.cpus, self.first_index = reconnect_cap, cpus, first_index
         self.keepalive = keepalive
         self.old_reconnect, self.busy_cap = old_reconnect, busy_cap
+        self.fence_after = fence_after
         if client not in ("h2", "grpc"):
             raise ValueError("client must be h2 or grpc")
         self.client = client
@@ -730,7 +764,7 @@ class LoadGen:
                     "--duration", str(self.duration), "--interval", str(self.interval),
                     "--open-rate", str(self.open_rate / self.procs),
                     "--reconnect-cap", str(self.reconnect_cap), "--busy-cap", str(self.busy_cap),
-                    "--client", self.client]
+                    "--client", self.client, "--fence-after", str(self.fence_after)]
             if not self.goodbye:
                 argv.append("--no-goodbye")
             if self.report_sessions:
@@ -765,7 +799,7 @@ class LoadGen:
         with self._lock:
             records = list(self.latest.values())
         keys = ("up", "opened", "failed", "broken", "beats", "replies", "late", "stalled",
-                "pings_in", "pings_out", "resent")
+                "pings_in", "pings_out", "resent", "ha_configs", "ha_peers", "ha_bytes")
         out = {k: sum(r.get(k, 0) for r in records) for k in keys}
         out["max_late"] = max([r.get("max_late", 0.0) for r in records] or [0.0])
         out["cpu_s"] = sum(r.get("cpu_s", 0.0) for r in records)
@@ -839,6 +873,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--old-reconnect", action="store_true",
                    help="reconnect as slaves did before the storm fix: Hello timeout 2 "
                         "intervals, backoff capped at --reconnect-cap even when turned away")
+    p.add_argument("--fence-after", type=float, default=0.0,
+                   help="fence_after (s) each Hello asks for, as `xcp-slave --fence-after` "
+                        "does; 0 (default): none sent, the master's default")
     p.add_argument("--report-sessions", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--proc-index", type=int, default=0, help=argparse.SUPPRESS)

@@ -67,12 +67,14 @@ class Lab:
         return found
 
     def start_master(self, db: Path | None = None, listen: str | None = None,
-                     **settings: float) -> Master:
-        """A new master of its own (the caller may kill it); stopped by close()."""
+                     launcher: tuple[str, ...] = (), **settings: float) -> Master:
+        """A new master of its own (the caller may kill it); stopped by close().
+        `launcher` replaces the console script (a benchmark's other checkout)."""
         self._count += 1
         db = db or self.tmp / f"pool-{self._count}.db"
         proc = MasterProcess(db, listen=listen or f"{self.listen_ip}:0",
-                             extra_args=master_args(**settings), log_dir=self.tmp)
+                             extra_args=master_args(**settings), log_dir=self.tmp,
+                             launcher=launcher)
         proc.start()
         try:
             client = Client(proc.address)
@@ -114,11 +116,17 @@ class Case:
         self.lab = lab
         self.slaves: list[tuple[SlaveProcess, Master]] = []
 
-    def slave(self, master: Master, *extra: str, wait_live: bool = True) -> SlaveProcess:
+    def slave(self, master: Master, *extra: str, wait_live: bool = True,
+              outside: bool = False) -> SlaveProcess:
+        """A slave inside the lab's test host (when it has one), or with
+        `outside` beside it, on the root-side address: a peer the test host's
+        slave reaches until it is partitioned."""
         name = self.lab.next_name()
         state = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.lab.tmp))
+        host = None if outside else self.lab.host
+        listen = f"{self.lab.listen_ip}:0" if outside and self.lab.host else None
         slave = SlaveProcess(master.address, state, name, self.lab.tmp, extra_args=extra,
-                             host=self.lab.host)
+                             host=host, listen=listen)
         self.slaves.append((slave, master))
         slave.start()
         if wait_live:

@@ -74,6 +74,8 @@ class Lifecycle:
             out = copy(vm)
             out.power_state = dm.PAUSED if paused else dm.RUNNING
             out.resident_on = target
+            if ha_restart:  # restarted: no longer pending, in the same write
+                out.ha_restart_pending = False
             return out
 
         return await self._forwarded(uuid, op, forward, result, budget)
