@@ -154,7 +154,9 @@ def trial(lab: Lab, vms: int, fault: str, launcher: tuple[str, ...]) -> dict[str
         pool_service_pb2_grpc.PoolServiceStub(master.client.channel).SetHaConfig(
             ps.SetHaConfigRequest(enabled=True), timeout=5)
         with lab.case() as case:
-            args = ("--fence-after", str(FENCE_AFTER))
+            # The slaves' first stream built for the master's 0.5 s interval
+            # (README: xcp-slave --heartbeat-interval), as in the fault tests.
+            args = ("--fence-after", str(FENCE_AFTER), "--heartbeat-interval", "0.5")
             a = case.slave(master, *args)  # inside the test host for a partition
             for _ in range(2):
                 case.slave(master, *args, outside=True)

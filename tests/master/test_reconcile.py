@@ -1,4 +1,8 @@
-from xcp_control.master.reconcile import plan
+import asyncio
+
+from tests.master.world import World, run as run_world
+from xcp_control.master.locks import OperationLocks
+from xcp_control.master.reconcile import SETTLE, Reconciler, plan
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 H, OTHER = "host-1", "host-2"
@@ -48,3 +52,35 @@ def test_busy_vms_are_left_to_their_operation():
                  busy={"starting", "stopping"})
     assert not result
     assert sorted(result.skipped) == ["starting", "stopping"]
+
+
+def test_a_report_older_than_a_vms_last_operation_leaves_that_vm_alone(tmp_path):
+    """A domain list built before a StartVM's domain existed, reconciled after
+    the start committed, must not halt the VM nor destroy its fresh domain: the
+    VM is skipped and the next report asked for; a report from after the start
+    settles it."""
+    async def body(world: World):
+        now = [100.0]
+        locks = OperationLocks(lambda: now[0])
+        destroyed, asked = [], []
+
+        async def destroy(host, vm):
+            destroyed.append(vm)
+        reconciler = Reconciler(world.store, locks, destroy, asked.append, lambda: now[0])
+        host = await world.add_host("h1")
+        vm = await world.add_vm("v", dm.RUNNING, host.uuid)
+        with locks.hold("vm", vm.uuid, "start"):
+            now[0] += 0.2
+        reconciler.on_domains(host.uuid, [])  # built before the boot had ended
+        await drained(reconciler)
+        assert world.store.get("vm", vm.uuid).power_state == dm.RUNNING and asked == [host.uuid]
+        now[0] += SETTLE + 0.1
+        reconciler.on_domains(host.uuid, [])  # the domain really is gone now
+        await drained(reconciler)
+        assert world.store.get("vm", vm.uuid).power_state == dm.HALTED and destroyed == []
+    run_world(body, tmp_path)
+
+
+async def drained(reconciler: Reconciler) -> None:
+    """Wait for the reports handed over so far to be reconciled."""
+    await asyncio.gather(*list(reconciler._tasks))

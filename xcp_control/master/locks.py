@@ -7,8 +7,9 @@ that waited would hold its own deadline hostage to another caller's call.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from xcp_control import errors
 
@@ -16,11 +17,17 @@ from xcp_control import errors
 class OperationLocks:
     """The operation running on each busy object."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._running: dict[tuple[str, str], str] = {}
+        self._ended: dict[tuple[str, str], float] = {}  # when each object's last one ended
 
     def current(self, class_name: str, uuid: str) -> str | None:
         return self._running.get((class_name, uuid))
+
+    def ended_at(self, class_name: str, uuid: str) -> float | None:
+        """When the object's last operation ended (the clock's reading), if any."""
+        return self._ended.get((class_name, uuid))
 
     @contextmanager
     def hold(self, class_name: str, uuid: str, operation: str) -> Iterator[None]:
@@ -33,3 +40,4 @@ class OperationLocks:
             yield
         finally:
             del self._running[key]
+            self._ended[key] = self._clock()

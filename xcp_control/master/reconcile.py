@@ -8,12 +8,17 @@ The host is the truth about what stopped, the master about what may run:
   back after DeclareDead, a VM destroyed meanwhile) is destroyed on the host,
   so that no VM ever runs twice. Such domains are never adopted.
 VMs with an operation in progress are left alone: their operation decides.
+So are VMs whose operation ended after the report arrived, or just before
+(SETTLE): the report was built before the operation's outcome, and the next
+one, asked for at once, settles them (a StartVM's fresh domain is never taken
+for a stale one and destroyed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
@@ -24,6 +29,7 @@ from xcp_control.model import copy, halted
 from xcp.v1 import datamodel_pb2 as dm, slave_service_pb2 as sl
 
 RESIDENT = (dm.RUNNING, dm.PAUSED)
+SETTLE = 1.0  # seconds: how long before its arrival a slave may have built its report
 log = logging.getLogger(__name__)
 
 
@@ -73,18 +79,20 @@ class Reconciler:
 
     def __init__(self, store: Store, locks: OperationLocks,
                  destroy_domain: Callable[[str, str], Awaitable[object]],
-                 request_domains: Callable[[str], None]) -> None:
+                 request_domains: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._locks = locks
+        self._clock = clock  # the same clock as the locks'
         self._destroy_domain = destroy_domain
         self._request_domains = request_domains
-        self._latest: dict[str, Sequence[sl.Domain]] = {}
+        self._latest: dict[str, tuple[list[sl.Domain], float]] = {}  # and when it came
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
     def on_domains(self, host: str, domains: Sequence[sl.Domain]) -> None:
         """Called on the heartbeat path: never waits; reports coalesce per host."""
-        self._latest[host] = list(domains)
+        self._latest[host] = (list(domains), self._clock())
         if host not in self._running:
             self._running.add(host)
             task = asyncio.ensure_future(self._drain(host))
@@ -93,17 +101,25 @@ class Reconciler:
 
     async def _drain(self, host: str) -> None:
         try:
-            while (domains := self._latest.pop(host, None)) is not None:
-                await self._reconcile(host, domains)
+            while (report := self._latest.pop(host, None)) is not None:
+                await self._reconcile(host, *report)
         except Exception:  # noqa: BLE001 - the next report retries
             log.exception("reconciling host %s failed", host)
         finally:
             self._running.discard(host)
 
-    async def _reconcile(self, host: str, domains: Sequence[sl.Domain]) -> None:
+    def _busy(self, uuid: str, received: float) -> bool:
+        """An operation runs on the VM, or ended too late for the report to show it."""
+        if self._locks.current("vm", uuid) is not None:
+            return True
+        ended = self._locks.ended_at("vm", uuid)
+        return ended is not None and ended >= received - SETTLE
+
+    async def _reconcile(self, host: str, domains: Sequence[sl.Domain],
+                         received: float) -> None:
         work = plan(host, domains, self._store.find("vm", "resident_on", host),
                     lambda uuid: self._store.get("vm", uuid),
-                    lambda uuid: self._locks.current("vm", uuid) is not None)
+                    lambda uuid: self._busy(uuid, received))
         if work.records:
             for vm in work.records:
                 log.info("reconcile: VM %s on host %s is now %s", vm.uuid, host,

@@ -130,7 +130,7 @@ class Master:
         self.mirror = MetricsMirror(self.store, self.liveness, self.clock,
                                     s.metrics_write_interval)
         self.hub = EventHub(self.store, s.watch_queue_size)
-        self.locks = OperationLocks()
+        self.locks = OperationLocks(self.clock)
         self.pool_ha = PoolHa(self.store, self.liveness)
         self.pool = Pool(self.store, self.liveness, self.mirror, self.locks, plan=self.pool_ha)
         self.listing = HostListing(self.store, self.liveness, self.mirror, self.clock)
@@ -154,7 +154,7 @@ class Master:
             transport_bound=self.ha_config.transport_bound,
             acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
-                                     self.sessions.request_domains)
+                                     self.sessions.request_domains, self.clock)
 
     def _wire(self) -> None:
         """Who reacts to what, in the order the reactions must run.
