@@ -96,6 +96,12 @@ class Slave:
                 raise StartupError(str(exc)) from None
         return self.address
 
+    def _follow_leader(self, epoch: int, leader: str) -> bool:
+        """A new leader called (SlaveService.FollowLeader): an older epoch is
+        refused (STALE_MASTER), a current one moves the heartbeat stream."""
+        self.fence.admit(epoch)
+        return self._client is not None and self._client.reconnect_to(leader)
+
     def _hears_leader(self) -> bool:
         return self._client is not None and self._client.connected
 
@@ -118,7 +124,7 @@ class Slave:
                                                FenceInterceptor(self.fence),
                                                GuardInterceptor(self.guard)])
         pb_grpc.add_SlaveServiceServicer_to_server(
-            SlaveServicer(self.hypervisor, self.guard.hears_leader), server)
+            SlaveServicer(self.hypervisor, self.guard.hears_leader, self._follow_leader), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
         except PortInUse as exc:
