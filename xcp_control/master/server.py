@@ -92,6 +92,8 @@ class Master:
         first so that a master refused its port touches no database file."""
         s = self.settings
         sec = security.for_master(s.tls_dir)
+        if self.ha:  # -- HA hook: calls passed on to the leader go as this master --
+            self.ha.use_credentials(sec.channel_credentials)
         self._build(sec)
         self._wire()
         self._wire_metrics()
