@@ -148,6 +148,9 @@ class GroupCommitter:
                 raise
             return
         finally:
+            # Free the slot here, not in a done callback: the send loop, woken
+            # next, must see it free (else, one slot, it would wait for good).
+            self._flying.discard(asyncio.current_task())
             self._flying_keys -= keys
             self._wake.set()
         self.commits += 1
