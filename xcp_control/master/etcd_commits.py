@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 IN_FLIGHT = 1  # transactions in flight at once: 1 measured best (BENCHMARKS.md, issue 11)
-WRITE_ATTEMPTS = 3  # tries of one transaction whose outcome etcd did not tell
+# A transaction whose outcome etcd did not tell is tried again, while we may
+# act, for up to this long: writes stay unavailable for 1.3-2.7 s when etcd's
+# raft leader dies (ETCD-FACTS.md), and one member lost must change nothing
+# for clients. Each try has etcd_client's own short deadline.
+WRITE_BUDGET = 5.0  # seconds
+RETRY_PAUSE = 0.05  # seconds between tries that failed at once (no raft leader yet)
 COMPACT_EVERY = 1000  # transactions between two compactions of etcd's history
 COMPACT_KEEP = 100_000  # revisions of history kept (about change_log_size changes)
 
@@ -164,17 +169,27 @@ class GroupCommitter:
                 job.future.set_result(reply)
 
     async def _txn(self, requests: list) -> "ec.rpc.TxnResponse":
-        """The guarded transaction, retried while we may still act: a request
-        in flight when etcd's raft leader dies hangs until its deadline
-        (ETCD-FACTS.md), and one member lost must change nothing for clients.
-        Retrying is safe: the same puts and deletes give the same state."""
-        for attempt in range(WRITE_ATTEMPTS):
+        """The guarded transaction, retried while we may still act and within
+        WRITE_BUDGET: a request in flight when etcd's raft leader dies hangs
+        until its deadline, and the next ones fail at once until a new raft
+        leader is elected (ETCD-FACTS.md). Retrying is safe: the same puts and
+        deletes give the same state. The fence ends it when our lease lapses."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WRITE_BUDGET
+        attempt = 0
+        while True:
             epoch = self._fence()
+            attempt += 1
+            started = loop.time()
             try:
                 return await self._client.txn([ec.create_revision_is(self._guard_key, epoch)],
                                               requests)
             except grpc.RpcError as exc:
-                log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt + 1)
+                log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt)
+            if loop.time() >= end:
+                break
+            if loop.time() - started < RETRY_PAUSE:
+                await asyncio.sleep(RETRY_PAUSE)  # refused at once: not a hot loop
         # Unknown outcome: the caller is not told it is durable. The watch
         # brings the value in if etcd applied it after all.
         raise errors.host_is_slave("")
