@@ -1,8 +1,11 @@
 # ./scripts/pool --ha: a one-member etcd (data under STATE/etcd), three masters
 # on it and the slaves, which are given every master. Sourced by scripts/pool
-# after its option parsing, lock and helpers (alive, stop_and_wait, wait_line);
-# plaintext on loopback (--ha implies --insecure: the masters' pass-through and
-# the pool certificates for several masters are not wired yet).
+# after its option parsing, lock, helpers (alive, stop_and_wait, wait_line) and
+# certificates: mutual TLS with the pool's CA as for one master (tls_args; the
+# three masters share the master certificate, and a follower passes a client's
+# call on to the leader as itself, naming the client), plaintext with
+# --insecure. No token endpoint here (one per master would need three ports).
+# etcd itself listens on loopback only, plaintext.
 
 ha_pids=()  # masters and etcd, stopped after the slaves by ha_cleanup
 
@@ -18,13 +21,25 @@ ha_cleanup() {
   fi
 }
 
-ha_leader() {  # the leader's API address, as any master says; empty while none
+ha_leader() {  # ha_leader TLS_DIR|"" ADDRESS...: the leader's API address; empty while none
   .venv/bin/python - "$@" <<'PY' 2>/dev/null
 import sys, grpc
 from xcp.v1 import pool_service_pb2 as p, pool_service_pb2_grpc as g
-for address in sys.argv[1:]:
+from xcp_control.security import pki
+
+def channel(address):
+    if not sys.argv[1]:
+        return grpc.insecure_channel(address)
+    tls = pki.TlsDir(sys.argv[1])
+    paths = tls.client("admin")
+    creds = grpc.ssl_channel_credentials(tls.ca_cert.read_bytes(), paths.key.read_bytes(),
+                                         paths.cert.read_bytes())
+    return grpc.secure_channel(address, creds,
+                               options=[("grpc.ssl_target_name_override", pki.MASTER_NAME)])
+
+for address in sys.argv[2:]:
     try:
-        with grpc.insecure_channel(address) as ch:
+        with channel(address) as ch:
             pool = g.PoolServiceStub(ch).GetPool(p.GetPoolRequest(), timeout=1)
         if pool.master:
             print(pool.master); break
@@ -55,7 +70,7 @@ run_ha_pool() {
   for ((i = 1; i <= 3; i++)); do
     base=0; [ "$port" -gt 0 ] && base=$((port + i - 1))
     .venv/bin/xcp-master --listen "127.0.0.1:$base" --etcd "http://127.0.0.1:$ec" \
-      --etcd-prefix /xcp >"$dir/logs/master$i.log" 2>&1 &
+      --etcd-prefix /xcp ${tls_args[@]+"${tls_args[@]}"} >"$dir/logs/master$i.log" 2>&1 &
     mpids+=($!) ha_pids+=($!)
     echo "$!" > "$dir/run/master$i.pid"
   done
@@ -68,7 +83,7 @@ run_ha_pool() {
   for ((i = 1; i <= slaves; i++)); do
     mkdir -p "$dir/slaves/host$i"
     .venv/bin/xcp-slave --master "$masters" --listen 127.0.0.1:0 --name "host$i" \
-      --state-dir "$dir/slaves/host$i" >"$dir/logs/host$i.log" 2>&1 &
+      --state-dir "$dir/slaves/host$i" ${tls_args[@]+"${tls_args[@]}"} >"$dir/logs/host$i.log" 2>&1 &
     names+=("host$i") pids+=($!)
     echo "$!" > "$dir/run/host$i.pid"
   done
@@ -77,14 +92,23 @@ run_ha_pool() {
       die "slave ${names[i]} did not start (log: $shown/logs/${names[i]}.log)"
   done
   local leader="" lpid="" other=""
-  for ((i = 0; i < 100; i++)); do leader=$(ha_leader "${maddrs[@]}") && [ -n "$leader" ] && break; sleep 0.1; done
+  local tls_dir=""; [ $insecure = 0 ] && tls_dir=$tls
+  for ((i = 0; i < 100; i++)); do leader=$(ha_leader "$tls_dir" "${maddrs[@]}") && [ -n "$leader" ] && break; sleep 0.1; done
+  local grpcurl_flags="-plaintext" tls_line="  INSECURE: plaintext on loopback" env_line="  unset XCP_TLS_DIR"
+  if [ $insecure = 0 ]; then
+    local tls_shown; tls_shown=$(printf '%q' "$shown/tls")
+    grpcurl_flags="-cacert $tls_shown/ca.pem -cert $tls_shown/client-admin.pem -key $tls_shown/client-admin-key.pem"
+    tls_line="  secure: mutual TLS with the pool's CA, certificates in $shown/tls/"
+    if [ "$shown" = "$dir" ]; then env_line="  export XCP_TLS_DIR=$(printf '%q' "$tls")"
+    else env_line="  export XCP_TLS_DIR=\$PWD/$tls_shown"; fi
+  fi
   for ((i = 0; i < 3; i++)); do
     if [ "${maddrs[i]}" = "$leader" ]; then lpid=${mpids[i]}; else other=${maddrs[i]}; fi
   done
   {
     echo
     echo "xcp HA pool is up: etcd (data in $shown/etcd/), three masters, $slaves slave(s)"
-    echo "  INSECURE: plaintext on loopback"
+    echo "$tls_line"
     printf '  %-8s %-17s pid %s\n' etcd "127.0.0.1:$ec" "${ha_pids[0]}"
     for ((i = 0; i < 3; i++)); do
       tag=""; [ "${maddrs[i]}" = "$leader" ] && tag="  <- leader"
@@ -94,13 +118,13 @@ run_ha_pool() {
     echo
     echo "In another terminal, from $repo:"
     echo "  export PATH=\$PWD/.venv/bin:\$PATH XCP_MASTER=$masters"
-    echo "  unset XCP_TLS_DIR"
+    echo "$env_line"
     echo "  xcp watch                                      # in a terminal of its own"
     echo "  xcp vm-create web1 --memory 1G && xcp vm-start web1"
-    echo "  grpcurl -plaintext -d '{}' ${maddrs[0]} xcp.v1.PoolService/GetPool   # who leads"
+    echo "  grpcurl $grpcurl_flags -d '{}' ${maddrs[0]} xcp.v1.PoolService/GetPool   # who leads"
     echo "Fail the leader over:"
     echo "  kill -9 $lpid                                  # the leader, ${leader:-?}"
-    echo "  grpcurl -plaintext -d '{}' $other xcp.v1.PoolService/GetPool   # a new leader within ~2 s"
+    echo "  grpcurl $grpcurl_flags -d '{}' $other xcp.v1.PoolService/GetPool   # a new leader within ~2 s"
     echo "  xcp host-list                                  # every host still live; any master answers"
     echo "  tail -f $shown/logs/host1.log                  # host1 streams to the new leader"
     echo

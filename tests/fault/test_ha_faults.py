@@ -109,10 +109,12 @@ def test_a_leader_stopped_past_its_lease_changes_nothing_when_resumed(tmp_path):
             new = ha.wait_leader(exclude=(old,))
             new_epoch = get_pool(new).epoch
             assert new_epoch > old_epoch
-            # Every slave moves to the new leader and learns its epoch.
+            # Every slave moves to the new leader and learns its epoch: called
+            # over by it (FollowLeader), not left to its keepalive on the old one.
             for slave in ha.slaves:
                 wait_until(lambda s=slave: f"connected to master {new}" in s.log(), 15,
                            what=f"{slave.name} to stream to the new leader")
+                assert f"leader {new} called" in slave.log()
             # Calls that reach the stopped leader wait in its socket...
             results: dict[str, object] = {}
 
@@ -156,6 +158,11 @@ def test_a_leader_stopped_past_its_lease_changes_nothing_when_resumed(tmp_path):
                     "epoch": str(old_epoch), "seen": str(new_epoch)}
                 slave.ListDomains(sl.ListDomainsRequest(), timeout=5,
                                   metadata=(("xcp-epoch", str(old_epoch)),))  # read-only
+                # Nor can the old leader call the slave back to itself.
+                with pytest.raises(grpc.RpcError) as recalled:
+                    slave.FollowLeader(sl.FollowLeaderRequest(epoch=old_epoch, leader=old),
+                                       timeout=5, metadata=(("xcp-epoch", str(old_epoch)),))
+                assert reason(recalled.value) == "STALE_MASTER"
             # The resumed master follows the new leader and passes calls on.
             wait_until(lambda: (p := get_pool(old)) is not None and p.master == new, 10,
                        what="the resumed master to follow the new leader")

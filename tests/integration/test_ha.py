@@ -235,7 +235,10 @@ def test_scripts_pool_ha_starts_etcd_three_masters_and_the_slaves(tmp_path):
 
     from tests.support.processes import REPO
 
+    from xcp_control.security import pki
+
     state = tmp_path / "state"
+    tls = pki.TlsDir(state / "tls")
     proc = subprocess.Popen([str(REPO / "scripts" / "pool"), "--ha", "--port", "0", "--slaves",
                              "1", "--state-dir", str(state)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -253,10 +256,11 @@ def test_scripts_pool_ha_starts_etcd_three_masters_and_the_slaves(tmp_path):
         assert "Ctrl-C stops the pool." in text, text
         masters = [l.split()[1] for l in lines if l.strip().startswith("master")]
         assert len(masters) == 3
-        leader = get_pool(masters[0]).master
+        assert "secure: mutual TLS" in text  # as for one master, by default
+        leader = get_pool(masters[0], timeout=5, tls=tls).master
         assert leader in masters and f"the leader, {leader}" in text
         assert (state / "etcd" / "data").is_dir()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    assert not any(get_pool(m, timeout=0.5) for m in masters)
+    assert not any(get_pool(m, timeout=0.5, tls=tls) for m in masters)

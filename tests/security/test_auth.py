@@ -103,3 +103,35 @@ def test_certificates_carry_the_names_clients_verify(tls):
     with pytest.raises(FileExistsError):
         pki.create_ca(tls)
     assert oct(tls.ca_key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_master_passes_a_call_on_for_the_client_it_names(tls):
+    auth = Authoriser(TokenBook(tls), master_policy)
+    master = ctx(tls, tls.master())
+    on_behalf = [("xcp-on-behalf-of", "read-only:viewer")]
+    assert auth.admit("/xcp.v1.VMService/ListVMs", master, on_behalf) == \
+        Identity("viewer", "read-only")
+    # The client's role is what counts, not the master's.
+    assert reason(lambda: auth.admit("/xcp.v1.VMService/StartVM", master,
+                                     on_behalf)) == "RBAC_PERMISSION_DENIED"
+    assert auth.admit("/xcp.v1.VMService/StartVM", master,
+                      [("xcp-on-behalf-of", "pool-admin:admin")]) == Identity("admin", "pool-admin")
+    # A master alone acts for nobody; it never speaks for a host or a master.
+    assert reason(lambda: auth.admit("/xcp.v1.VMService/ListVMs", master, [])) == \
+        "RBAC_PERMISSION_DENIED"
+    for bad in ("host:" + HOST, "master:m2", "pool-admin:", "nonsense"):
+        assert reason(lambda: auth.admit("/xcp.v1.VMService/ListVMs", master, [
+            ("xcp-on-behalf-of", bad)])) == "SESSION_AUTHENTICATION_FAILED", bad
+
+
+def test_nobody_but_a_master_may_speak_for_another(tls):
+    auth = Authoriser(TokenBook(tls), master_policy)
+    forged = [("xcp-on-behalf-of", "pool-admin:mallory")]
+    assert auth.admit("/xcp.v1.VMService/ListVMs", ctx(tls, tls.client("viewer")), forged) == \
+        Identity("viewer", "read-only")
+    assert reason(lambda: auth.admit("/xcp.v1.VMService/StartVM", ctx(tls, tls.client("viewer")),
+                                     forged)) == "RBAC_PERMISSION_DENIED"
+    assert reason(lambda: auth.admit("/xcp.v1.VMService/ListVMs", ctx(tls, tls.client("anon")),
+                                     forged)) == "SESSION_AUTHENTICATION_FAILED"
+    assert reason(lambda: auth.admit("/xcp.v1.VMService/StartVM", ctx(tls, tls.host(HOST)),
+                                     forged)) == "RBAC_PERMISSION_DENIED"

@@ -3,8 +3,11 @@ tests and benchmarks/bench_ha.py (one harness for both).
 
 `HaPool(root, masters=3, slaves=2, etcd_members=1)` starts an etcd cluster
 (tests/support/etcd.py), the masters (`xcp-master --etcd ...` on loopback
-ports) and the slaves (`--master a,b,c`). `leader()` asks the masters who
-leads (PoolService.GetPool); everything is stopped and removed by `close()`.
+ports) and the slaves (`--master a,b,c`); with `tls=True` every process is on
+`--tls-dir` with the pool's certificates (tests/support/pool.py) and
+`channel()` speaks mutual TLS as a client identity. `leader()` asks the
+masters who leads (PoolService.GetPool); everything is stopped and removed by
+`close()`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,27 @@ import grpc
 
 from tests.support.daemons import MasterProcess, SlaveProcess
 from tests.support.etcd import EtcdCluster
+from tests.support.pool import host_identity, make_tls_dir
 from tests.support.processes import wait_until
 from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc
+from xcp_control.security import pki
 
 
-def get_pool(address: str, timeout: float = 1.0):
+def sync_channel(address: str, tls: pki.TlsDir | None = None,
+                 identity: str = "admin") -> grpc.Channel:
+    """A plaintext channel, or mutual TLS as the client `identity` of `tls`."""
+    if tls is None:
+        return grpc.insecure_channel(address)
+    paths = tls.client(identity)
+    creds = grpc.ssl_channel_credentials(tls.ca_cert.read_bytes(), paths.key.read_bytes(),
+                                         paths.cert.read_bytes())
+    return grpc.secure_channel(address, creds,
+                               options=[("grpc.ssl_target_name_override", pki.MASTER_NAME)])
+
+
+def get_pool(address: str, timeout: float = 1.0, tls: pki.TlsDir | None = None):
     """The pool as the master at `address` sees it; None if it does not answer."""
-    with contextlib.closing(grpc.insecure_channel(address)) as ch:
+    with contextlib.closing(sync_channel(address, tls)) as ch:
         try:
             return pool_service_pb2_grpc.PoolServiceStub(ch).GetPool(
                 pool_service_pb2.GetPoolRequest(), timeout=timeout)
@@ -36,8 +53,11 @@ class HaPool:
 
     def __init__(self, root: Path, masters: int = 3, slaves: int = 2, etcd_members: int = 1,
                  lease_ttl: float = 2.0, master_args: tuple[str, ...] = (),
-                 etcd_fsync: bool = True) -> None:
+                 etcd_fsync: bool = True, tls: bool = False) -> None:
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tls = make_tls_dir(self.root / "tls") if tls else None
+        self._tls_args = ["--tls-dir", str(self.tls.path)] if self.tls else []
         self.etcd = EtcdCluster(etcd_members, self.root, fsync=etcd_fsync)
         self.prefix = "/pool"
         self._n_masters, self._n_slaves = masters, slaves
@@ -47,7 +67,7 @@ class HaPool:
 
     def master_argv(self) -> list[str]:
         return ["--etcd", self.etcd.urls, "--etcd-prefix", self.prefix,
-                "--lease-ttl", str(self._lease_ttl), *self._master_args]
+                "--lease-ttl", str(self._lease_ttl), *self._tls_args, *self._master_args]
 
     def start(self) -> "HaPool":
         self.etcd.start()
@@ -55,9 +75,17 @@ class HaPool:
             self.masters.append(self.new_master(i).start())
         self.wait_leader()
         for i in range(self._n_slaves):
-            self.slaves.append(SlaveProcess(self.master_list, self.root / f"slave{i + 1}",
-                                            name=f"host{i + 1}", log_dir=self.root).start())
+            state = self.root / f"slave{i + 1}"
+            if self.tls:
+                host_identity(self.tls, state)
+            self.slaves.append(SlaveProcess(self.master_list, state, name=f"host{i + 1}",
+                                            log_dir=self.root,
+                                            extra_args=self._tls_args).start())
         return self
+
+    def channel(self, address: str, identity: str = "admin") -> grpc.Channel:
+        """A channel to a master of this pool (mutual TLS as `identity` with tls)."""
+        return sync_channel(address, self.tls, identity)
 
     def new_master(self, i: int) -> MasterProcess:
         return MasterProcess(self.root / f"unused-{i}.db", extra_args=self.master_argv(),
@@ -74,7 +102,7 @@ class HaPool:
         """The leader as a running master (not in `exclude`) reports it; ""."""
         for master in self.masters:
             if master.running and master.address not in exclude:
-                pool = get_pool(master.address)
+                pool = get_pool(master.address, tls=self.tls)
                 if pool is not None and pool.master and pool.master not in exclude:
                     return pool.master
         return ""

@@ -25,41 +25,45 @@ _sym_db = _symbol_database.Default()
 from xcp.v1 import datamodel_pb2 as xcp_dot_v1_dot_datamodel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axcp/v1/slave_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\"\x13\n\x11PeerStatusRequest\"D\n\x12PeerStatusResponse\x12\x14\n\x0chears_leader\x18\x01 \x01(\x08\x12\x18\n\x10\x63onnected_for_ms\x18\x02 \x01(\x03\"[\n\x06\x44omain\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x0e\n\x06memory\x18\x03 \x01(\x03\x12\r\n\x05vcpus\x18\x04 \x01(\x03\"\x8c\x01\n\x12StartDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\r\n\x05vcpus\x18\x03 \x01(\x03\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x11\n\tpv_kernel\x18\x05 \x01(\t\x12\x12\n\npv_ramdisk\x18\x06 \x01(\t\x12\x0f\n\x07pv_args\x18\x07 \x01(\t\"7\n\x15ShutdownDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"5\n\x13RebootDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x12PauseDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\'\n\x14UnpauseDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\'\n\x14\x44\x65stroyDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\x17\n\x15\x44\x65stroyDomainResponse\"\x14\n\x12ListDomainsRequest\"a\n\x13ListDomainsResponse\x12\x1f\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x14\n\x0cmemory_total\x18\x02 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x03 \x01(\x03\"$\n\x11SetEnabledRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"%\n\x12SetEnabledResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x32\xe1\x04\n\x0cSlaveService\x12\x39\n\x0bStartDomain\x12\x1a.xcp.v1.StartDomainRequest\x1a\x0e.xcp.v1.Domain\x12?\n\x0eShutdownDomain\x12\x1d.xcp.v1.ShutdownDomainRequest\x1a\x0e.xcp.v1.Domain\x12;\n\x0cRebootDomain\x12\x1b.xcp.v1.RebootDomainRequest\x1a\x0e.xcp.v1.Domain\x12\x39\n\x0bPauseDomain\x12\x1a.xcp.v1.PauseDomainRequest\x1a\x0e.xcp.v1.Domain\x12=\n\rUnpauseDomain\x12\x1c.xcp.v1.UnpauseDomainRequest\x1a\x0e.xcp.v1.Domain\x12L\n\rDestroyDomain\x12\x1c.xcp.v1.DestroyDomainRequest\x1a\x1d.xcp.v1.DestroyDomainResponse\x12\x46\n\x0bListDomains\x12\x1a.xcp.v1.ListDomainsRequest\x1a\x1b.xcp.v1.ListDomainsResponse\x12\x43\n\nSetEnabled\x12\x19.xcp.v1.SetEnabledRequest\x1a\x1a.xcp.v1.SetEnabledResponse\x12\x43\n\nPeerStatus\x12\x19.xcp.v1.PeerStatusRequest\x1a\x1a.xcp.v1.PeerStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axcp/v1/slave_service.proto\x12\x06xcp.v1\x1a\x16xcp/v1/datamodel.proto\"4\n\x13\x46ollowLeaderRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0e\n\x06leader\x18\x02 \x01(\t\"%\n\x14\x46ollowLeaderResponse\x12\r\n\x05moved\x18\x01 \x01(\x08\"\x13\n\x11PeerStatusRequest\"D\n\x12PeerStatusResponse\x12\x14\n\x0chears_leader\x18\x01 \x01(\x08\x12\x18\n\x10\x63onnected_for_ms\x18\x02 \x01(\x03\"[\n\x06\x44omain\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x0e\n\x06memory\x18\x03 \x01(\x03\x12\r\n\x05vcpus\x18\x04 \x01(\x03\"\x8c\x01\n\x12StartDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\x03\x12\r\n\x05vcpus\x18\x03 \x01(\x03\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x11\n\tpv_kernel\x18\x05 \x01(\t\x12\x12\n\npv_ramdisk\x18\x06 \x01(\t\x12\x0f\n\x07pv_args\x18\x07 \x01(\t\"7\n\x15ShutdownDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"5\n\x13RebootDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x12PauseDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\'\n\x14UnpauseDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\'\n\x14\x44\x65stroyDomainRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\x17\n\x15\x44\x65stroyDomainResponse\"\x14\n\x12ListDomainsRequest\"a\n\x13ListDomainsResponse\x12\x1f\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x0e.xcp.v1.Domain\x12\x14\n\x0cmemory_total\x18\x02 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x03 \x01(\x03\"$\n\x11SetEnabledRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"%\n\x12SetEnabledResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x32\xac\x05\n\x0cSlaveService\x12\x39\n\x0bStartDomain\x12\x1a.xcp.v1.StartDomainRequest\x1a\x0e.xcp.v1.Domain\x12?\n\x0eShutdownDomain\x12\x1d.xcp.v1.ShutdownDomainRequest\x1a\x0e.xcp.v1.Domain\x12;\n\x0cRebootDomain\x12\x1b.xcp.v1.RebootDomainRequest\x1a\x0e.xcp.v1.Domain\x12\x39\n\x0bPauseDomain\x12\x1a.xcp.v1.PauseDomainRequest\x1a\x0e.xcp.v1.Domain\x12=\n\rUnpauseDomain\x12\x1c.xcp.v1.UnpauseDomainRequest\x1a\x0e.xcp.v1.Domain\x12L\n\rDestroyDomain\x12\x1c.xcp.v1.DestroyDomainRequest\x1a\x1d.xcp.v1.DestroyDomainResponse\x12\x46\n\x0bListDomains\x12\x1a.xcp.v1.ListDomainsRequest\x1a\x1b.xcp.v1.ListDomainsResponse\x12\x43\n\nSetEnabled\x12\x19.xcp.v1.SetEnabledRequest\x1a\x1a.xcp.v1.SetEnabledResponse\x12\x43\n\nPeerStatus\x12\x19.xcp.v1.PeerStatusRequest\x1a\x1a.xcp.v1.PeerStatusResponse\x12I\n\x0c\x46ollowLeader\x12\x1b.xcp.v1.FollowLeaderRequest\x1a\x1c.xcp.v1.FollowLeaderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xcp.v1.slave_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEERSTATUSREQUEST']._serialized_start=62
-  _globals['_PEERSTATUSREQUEST']._serialized_end=81
-  _globals['_PEERSTATUSRESPONSE']._serialized_start=83
-  _globals['_PEERSTATUSRESPONSE']._serialized_end=151
-  _globals['_DOMAIN']._serialized_start=153
-  _globals['_DOMAIN']._serialized_end=244
-  _globals['_STARTDOMAINREQUEST']._serialized_start=247
-  _globals['_STARTDOMAINREQUEST']._serialized_end=387
-  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_start=389
-  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_end=444
-  _globals['_REBOOTDOMAINREQUEST']._serialized_start=446
-  _globals['_REBOOTDOMAINREQUEST']._serialized_end=499
-  _globals['_PAUSEDOMAINREQUEST']._serialized_start=501
-  _globals['_PAUSEDOMAINREQUEST']._serialized_end=538
-  _globals['_UNPAUSEDOMAINREQUEST']._serialized_start=540
-  _globals['_UNPAUSEDOMAINREQUEST']._serialized_end=579
-  _globals['_DESTROYDOMAINREQUEST']._serialized_start=581
-  _globals['_DESTROYDOMAINREQUEST']._serialized_end=620
-  _globals['_DESTROYDOMAINRESPONSE']._serialized_start=622
-  _globals['_DESTROYDOMAINRESPONSE']._serialized_end=645
-  _globals['_LISTDOMAINSREQUEST']._serialized_start=647
-  _globals['_LISTDOMAINSREQUEST']._serialized_end=667
-  _globals['_LISTDOMAINSRESPONSE']._serialized_start=669
-  _globals['_LISTDOMAINSRESPONSE']._serialized_end=766
-  _globals['_SETENABLEDREQUEST']._serialized_start=768
-  _globals['_SETENABLEDREQUEST']._serialized_end=804
-  _globals['_SETENABLEDRESPONSE']._serialized_start=806
-  _globals['_SETENABLEDRESPONSE']._serialized_end=843
-  _globals['_SLAVESERVICE']._serialized_start=846
-  _globals['_SLAVESERVICE']._serialized_end=1455
+  _globals['_FOLLOWLEADERREQUEST']._serialized_start=62
+  _globals['_FOLLOWLEADERREQUEST']._serialized_end=114
+  _globals['_FOLLOWLEADERRESPONSE']._serialized_start=116
+  _globals['_FOLLOWLEADERRESPONSE']._serialized_end=153
+  _globals['_PEERSTATUSREQUEST']._serialized_start=155
+  _globals['_PEERSTATUSREQUEST']._serialized_end=174
+  _globals['_PEERSTATUSRESPONSE']._serialized_start=176
+  _globals['_PEERSTATUSRESPONSE']._serialized_end=244
+  _globals['_DOMAIN']._serialized_start=246
+  _globals['_DOMAIN']._serialized_end=337
+  _globals['_STARTDOMAINREQUEST']._serialized_start=340
+  _globals['_STARTDOMAINREQUEST']._serialized_end=480
+  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_start=482
+  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_end=537
+  _globals['_REBOOTDOMAINREQUEST']._serialized_start=539
+  _globals['_REBOOTDOMAINREQUEST']._serialized_end=592
+  _globals['_PAUSEDOMAINREQUEST']._serialized_start=594
+  _globals['_PAUSEDOMAINREQUEST']._serialized_end=631
+  _globals['_UNPAUSEDOMAINREQUEST']._serialized_start=633
+  _globals['_UNPAUSEDOMAINREQUEST']._serialized_end=672
+  _globals['_DESTROYDOMAINREQUEST']._serialized_start=674
+  _globals['_DESTROYDOMAINREQUEST']._serialized_end=713
+  _globals['_DESTROYDOMAINRESPONSE']._serialized_start=715
+  _globals['_DESTROYDOMAINRESPONSE']._serialized_end=738
+  _globals['_LISTDOMAINSREQUEST']._serialized_start=740
+  _globals['_LISTDOMAINSREQUEST']._serialized_end=760
+  _globals['_LISTDOMAINSRESPONSE']._serialized_start=762
+  _globals['_LISTDOMAINSRESPONSE']._serialized_end=859
+  _globals['_SETENABLEDREQUEST']._serialized_start=861
+  _globals['_SETENABLEDREQUEST']._serialized_end=897
+  _globals['_SETENABLEDRESPONSE']._serialized_start=899
+  _globals['_SETENABLEDRESPONSE']._serialized_end=936
+  _globals['_SLAVESERVICE']._serialized_start=939
+  _globals['_SLAVESERVICE']._serialized_end=1623
 # @@protoc_insertion_point(module_scope)

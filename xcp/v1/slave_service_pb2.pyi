@@ -7,6 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FollowLeaderRequest(_message.Message):
+    __slots__ = ("epoch", "leader")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    leader: str
+    def __init__(self, epoch: _Optional[int] = ..., leader: _Optional[str] = ...) -> None: ...
+
+class FollowLeaderResponse(_message.Message):
+    __slots__ = ("moved",)
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    moved: bool
+    def __init__(self, moved: _Optional[bool] = ...) -> None: ...
+
 class PeerStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

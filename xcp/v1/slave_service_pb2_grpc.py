@@ -82,6 +82,11 @@ class SlaveServiceStub:
                 request_serializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.SerializeToString,
                 response_deserializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.FromString,
                 _registered_method=True)
+        self.FollowLeader = channel.unary_unary(
+                '/xcp.v1.SlaveService/FollowLeader',
+                request_serializer=xcp_dot_v1_dot_slave__service__pb2.FollowLeaderRequest.SerializeToString,
+                response_deserializer=xcp_dot_v1_dot_slave__service__pb2.FollowLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class SlaveServiceServicer:
@@ -154,6 +159,17 @@ class SlaveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowLeader(self, request, context):
+        """Several masters: a newly elected leader asks the host to stream its
+        heartbeats to it now, rather than once the channel to the old leader gives
+        up (a SIGSTOPped leader keeps its connections open for seconds). Called
+        with the leader's epoch (metadata xcp-epoch, and in the request): refused
+        with STALE_MASTER when the host has seen a newer one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SlaveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +217,11 @@ def add_SlaveServiceServicer_to_server(servicer, server):
                     servicer.PeerStatus,
                     request_deserializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.FromString,
                     response_serializer=xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.SerializeToString,
+            ),
+            'FollowLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.FollowLeader,
+                    request_deserializer=xcp_dot_v1_dot_slave__service__pb2.FollowLeaderRequest.FromString,
+                    response_serializer=xcp_dot_v1_dot_slave__service__pb2.FollowLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +470,33 @@ class SlaveService:
             '/xcp.v1.SlaveService/PeerStatus',
             xcp_dot_v1_dot_slave__service__pb2.PeerStatusRequest.SerializeToString,
             xcp_dot_v1_dot_slave__service__pb2.PeerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xcp.v1.SlaveService/FollowLeader',
+            xcp_dot_v1_dot_slave__service__pb2.FollowLeaderRequest.SerializeToString,
+            xcp_dot_v1_dot_slave__service__pb2.FollowLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -274,6 +274,9 @@ class LivenessServicer(liveness_service_pb2_grpc.LivenessServiceServicer):
     def open_hosts(self) -> list[str]:
         return list(self._outboxes)
 
+    def has_stream(self, host: str) -> bool:
+        return host in self._outboxes
+
     def _supersede(self, host: str) -> None:
         older = self._streams.get(host)
         if older is not None and not older.done():

@@ -5,14 +5,16 @@ watch over the pool's prefix (after an initial load, paged), so reads never
 leave the process and a new leader serves at once: nothing is replayed at
 failover.
 
-Writes are the leader's only. Each one is an etcd transaction guarded by the
-leader's epoch (`Compare(CreateRevision(leader key) == epoch)`): a deposed
-leader's write is refused by etcd, never applied (ETCD-FACTS.md: plain puts
-of a resumed, SIGSTOPped holder still succeed). Commits queued while a
-transaction is in flight share the next one (group commit, within etcd's
-128 operations and 1.5 MiB per request). A commit answers once etcd has
-acknowledged its transaction (a majority has it on disk) and the watch has
-brought it into the working copy, so the caller reads its own write.
+Writes are the leader's only, as etcd transactions guarded by its epoch and
+shared by the commits queued meanwhile (group commit: etcd_commits.py). A
+commit answers once etcd has acknowledged its transaction (a majority has it
+on disk) and the working copy holds it, so the caller reads its own write.
+The leader does not wait for the watch to bring its own transaction back:
+when etcd's answer names the revision right after the one the working copy
+holds, that revision is exactly the transaction's operations, and they are
+applied at once, as the watch would have (same changes, same generations);
+the watch's copy of that revision is then skipped. Otherwise (another write
+came in between, not yet seen) the commit waits for the watch.
 
 Generations come from etcd revisions: change i of revision R is generation
 R * PER_REVISION + i, and the store's generation after revision R is the last
@@ -28,41 +30,24 @@ import asyncio
 import logging
 import uuid as uuid_module
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import grpc
 
-from xcp_control import errors
 from xcp_control.master import etcd_client as ec
+from xcp_control.master.etcd_commits import Fence, GroupCommitter, Job
 from xcp_control.master.etcd_keys import Keys
+from xcp_control.model import copy
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
                                       MemoryBackedStore, Put, WorkingCopy, check_ops)
 
 log = logging.getLogger(__name__)
 
 PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128 ops)
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
-MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 PAGE = 2000  # objects per page of the initial load
-COMPACT_EVERY = 1000  # commits between two compactions of etcd's history, by the leader
-COMPACT_KEEP = 100_000  # revisions of history kept (about change_log_size changes)
-IN_FLIGHT = 4  # transactions in flight at once (each a group of queued commits)
-WRITE_ATTEMPTS = 3  # tries of one transaction whose outcome etcd did not tell
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
 
 KeyListener = Callable[[bytes, bytes | None, int], None]  # key, value (None: deleted), revision
-Fence = Callable[[], int]  # the epoch to guard writes with; raises HOST_IS_SLAVE if none
-
-
-@dataclass
-class _Job:
-    ops: list[Put | Delete]
-    keys: list[bytes]
-    requests: list[ec.RequestOp]
-    size: int
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
-                                   .create_future())
 
 
 class EtcdStore(MemoryBackedStore):
@@ -72,25 +57,20 @@ class EtcdStore(MemoryBackedStore):
                  change_log_size: int = 100_000, max_pending_writes: int = 10_000) -> None:
         self.client = client
         self.keys = Keys.of(prefix)
-        self._fence = fence
         self._memory = WorkingCopy()
         self._log: deque[Change] = deque(maxlen=change_log_size)
         self._log_start = 0  # changes_since(g) is complete for g >= this
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._key_listeners: list[tuple[bytes, KeyListener]] = []
         self._revision = 0  # the last etcd revision the working copy holds
-        self._reached = asyncio.Condition()
+        self._moved = asyncio.Event()  # set (and replaced) whenever _revision moves
         self._recent: OrderedDict[int, dict[bytes, Change]] = OrderedDict()
         self._db_id = ""
-        self._queue: deque[_Job] = deque()
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_pending_writes)
+        self._writer = GroupCommitter(client, self.keys.leader, fence, max_pending_writes,
+                                      on_applied=self._applied)
         self._tasks: list[asyncio.Task] = []
-        self._flying: set[asyncio.Task] = set()  # transactions in flight
-        self._flying_keys: set[bytes] = set()
-        self._background: set[asyncio.Task] = set()  # compactions
         self.watch_ok = False  # False while the watch is down: reads may be stale
-        self.commits = 0
+        self.applied_at_once = 0  # our transactions applied from etcd's answer, not the watch
 
     # -- life cycle ---------------------------------------------------------
 
@@ -105,16 +85,20 @@ class EtcdStore(MemoryBackedStore):
                 log.warning("etcd not reachable at %s (%s); retrying", self.client.target,
                             exc.code())
                 await asyncio.sleep(0.5)
-        self._tasks = [asyncio.create_task(self._follow(), name="etcd-watch"),
-                       asyncio.create_task(self._write_loop(), name="etcd-writer")]
+        self._tasks = [asyncio.create_task(self._follow(), name="etcd-watch")]
+        self._writer.start()
         return self
 
+    @property
+    def commits(self) -> int:
+        """etcd transactions this store had applied (each one group of commits)."""
+        return self._writer.commits
+
     async def close(self) -> None:
-        for task in [*self._tasks, *self._flying, *self._background]:
+        for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for job in self._queue:
-            _fail(job.future, errors.host_is_slave(""))
+        await self._writer.close()
         await self.client.close()
 
     async def _load_db_id(self) -> str:
@@ -161,8 +145,6 @@ class EtcdStore(MemoryBackedStore):
     def revision(self) -> int:
         return self._revision
 
-
-
     def add_key_listener(self, prefix: bytes, listener: KeyListener) -> None:
         """Call listener(key, value or None, revision) for each change of a key
         under `prefix` that is not a pool object (the leader key, masters)."""
@@ -170,13 +152,17 @@ class EtcdStore(MemoryBackedStore):
 
     async def wait_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the working copy holds `revision`; False on timeout."""
-        async with self._reached:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self._revision < revision:
+            left = end - loop.time()
+            if left <= 0:
+                return False
             try:
-                await asyncio.wait_for(
-                    self._reached.wait_for(lambda: self._revision >= revision), timeout)
-                return True
+                await asyncio.wait_for(self._moved.wait(), left)
             except asyncio.TimeoutError:
                 return False
+        return True
 
     # -- history ------------------------------------------------------------
 
@@ -210,17 +196,17 @@ class EtcdStore(MemoryBackedStore):
     async def _take(self, response) -> None:
         if not response.events:
             if not response.created and response.header.revision > self._revision:
-                await self._advance(response.header.revision)  # a progress notification
+                self._advance(response.header.revision)  # a progress notification
             return
         by_revision: dict[int, list] = {}
         for event in response.events:
             by_revision.setdefault(event.kv.mod_revision, []).append(event)
         for revision, events in by_revision.items():
-            if revision > self._revision:
-                self._apply_revision(revision, events)
-                await self._advance(revision)
+            if revision > self._revision:  # else: our own, applied when etcd answered
+                self._publish(revision, self._changes_of_events(revision, events))
+                self._advance(revision)
 
-    def _apply_revision(self, revision: int, events: list) -> None:
+    def _changes_of_events(self, revision: int, events: list) -> dict[bytes, Change]:
         changes: dict[bytes, Change] = {}
         for event in events:
             kv = event.kv
@@ -241,8 +227,32 @@ class EtcdStore(MemoryBackedStore):
             else:
                 op = ADD if kv.version == 1 else MOD
                 change = Change(generation, op, class_name, uuid, message.FromString(kv.value))
-            self._memory.apply(change)
             changes[kv.key] = change
+        return changes
+
+    def _changes_of_ops(self, revision: int, keys: list[bytes],
+                        ops: list[Put | Delete]) -> dict[bytes, Change]:
+        """The changes etcd made at `revision` for our transaction of `ops`,
+        as its watch events would give them (in order; a delete of an absent
+        object none), told by the working copy as of the revision before."""
+        changes: dict[bytes, Change] = {}
+        for key, op in zip(keys, ops):
+            generation = revision * PER_REVISION + len(changes)
+            if isinstance(op, Put):
+                class_name = CLASS_OF_MESSAGE[type(op.obj)]
+                before = self._memory.get(class_name, op.obj.uuid)
+                # A copy: the caller's message may change after the commit.
+                changes[key] = Change(generation, ADD if before is None else MOD, class_name,
+                                      op.obj.uuid, copy(op.obj))
+            else:
+                last = self._memory.get(op.class_name, op.uuid)
+                if last is not None:
+                    changes[key] = Change(generation, DEL, op.class_name, op.uuid, last)
+        return changes
+
+    def _publish(self, revision: int, changes: dict[bytes, Change]) -> None:
+        for change in changes.values():
+            self._memory.apply(change)
         if changes:
             published = list(changes.values())
             self._log.extend(published)
@@ -252,10 +262,13 @@ class EtcdStore(MemoryBackedStore):
             for listener in self._listeners:
                 listener(published)
 
-    async def _advance(self, revision: int) -> None:
-        async with self._reached:
-            self._revision = revision
-            self._reached.notify_all()
+    def _advance(self, revision: int) -> None:
+        """The working copy now holds `revision`: wake whoever waits for it.
+        Synchronous, so that no other task sees the changes without the
+        revision (the watch would apply them twice)."""
+        self._revision = revision
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
 
     async def _resync(self) -> None:
         """The watch fell behind a compaction: reload, and publish the difference."""
@@ -274,7 +287,7 @@ class EtcdStore(MemoryBackedStore):
         if changes:
             for listener in self._listeners:
                 listener(changes)
-        await self._advance(self._revision)
+        self._advance(self._revision)
 
     # -- writes -------------------------------------------------------------
 
@@ -282,18 +295,14 @@ class EtcdStore(MemoryBackedStore):
         if not ops:
             return []
         check_ops(ops)
-        self._fence()  # HOST_IS_SLAVE at once on a master that is not leading
-        await self._slots.acquire()
-        try:
-            job = self._job(list(ops))
-            self._queue.append(job)
-            self._wake.set()
-            # Once queued, the write goes on regardless of the caller.
-            return await asyncio.shield(job.future)
-        finally:
-            self._slots.release()
+        job = self._job(ops)
+        reply = await self._writer.submit(job)  # HOST_IS_SLAVE unless we may write
+        revision = reply.header.revision
+        if _changed(reply) and not await self.wait_revision(revision, timeout=5.0):
+            log.warning("the etcd watch lags: revision %d acknowledged, not yet seen", revision)
+        return self._changes_of(ops, job, revision)
 
-    def _job(self, ops: list[Put | Delete]) -> _Job:
+    def _job(self, ops: Sequence[Put | Delete]) -> Job:
         keys, requests, size = [], [], 0
         for op in ops:
             if isinstance(op, Put):
@@ -306,106 +315,26 @@ class EtcdStore(MemoryBackedStore):
                 requests.append(ec.delete_op(key))
                 size += len(key)
             keys.append(key)
-        return _Job(ops, keys, requests, size)
+        return Job(keys, requests, size, list(ops))
 
-    def _next_batch(self) -> list[_Job]:
-        """Queued jobs for one transaction: within the limits, one op per key
-        (etcd refuses a key twice in one transaction)."""
-        batch = [self._queue.popleft()]
-        ops, size, keys = len(batch[0].requests), batch[0].size, set(batch[0].keys)
-        while self._queue:
-            job = self._queue[0]
-            if (ops + len(job.requests) > MAX_TXN_OPS or size + job.size > MAX_TXN_BYTES
-                    or keys.intersection(job.keys) or len(set(job.keys)) < len(job.keys)
-                    or self._flying_keys.intersection(job.keys)):
-                break
-            self._queue.popleft()
-            batch.append(job)
-            ops, size = ops + len(job.requests), size + job.size
-            keys.update(job.keys)
-        return batch
-
-    async def _write_loop(self) -> None:
-        """Send transactions, up to IN_FLIGHT at once; a job touching a key of
-        a transaction in flight waits for it, so writes of one object keep
-        their order."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue and len(self._flying) < IN_FLIGHT \
-                    and not self._flying_keys.intersection(self._queue[0].keys):
-                batch = self._next_batch()
-                keys = {k for job in batch for k in job.keys}
-                self._flying_keys |= keys
-                task = asyncio.create_task(self._send(batch, keys))
-                self._flying.add(task)
-                task.add_done_callback(self._flying.discard)
-
-    async def _send(self, batch: list[_Job], keys: set[bytes]) -> None:
-        try:
-            results = await self._write(batch)
-        except BaseException as exc:  # noqa: BLE001 - every caller hears of it
-            for job in batch:
-                _fail(job.future, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        finally:
-            self._flying_keys -= keys
-            self._wake.set()
-        for job, changes in zip(batch, results):
-            if not job.future.done():
-                job.future.set_result(changes)
-
-    async def _txn(self, requests: list) -> "ec.rpc.TxnResponse":
-        """The guarded transaction, retried while we may still act: a request
-        in flight when etcd's raft leader dies hangs until its deadline
-        (ETCD-FACTS.md), and one member lost must change nothing for clients.
-        Retrying is safe: the same puts and deletes give the same state."""
-        for attempt in range(WRITE_ATTEMPTS):
-            epoch = self._fence()
-            try:
-                return await self.client.txn([ec.create_revision_is(self.keys.leader, epoch)],
-                                             requests)
-            except grpc.RpcError as exc:
-                log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt + 1)
-        # Unknown outcome: the caller is not told it is durable. The watch
-        # brings the value in if etcd applied it after all.
-        raise errors.host_is_slave("")
-
-    async def _write(self, batch: list[_Job]) -> list[list[Change]]:
-        requests = [r for job in batch for r in job.requests]
-        reply = await self._txn(requests)
-        if not reply.succeeded:
-            log.warning("etcd refused a write of our epoch: no longer the leader")
-            raise errors.host_is_slave("")
-        self.commits += 1
+    def _applied(self, reply, batch: list[Job]) -> None:
+        """etcd applied our transaction of `batch` (the committer tells us
+        before it answers the commits): apply it to the working copy now if it
+        is the very next revision, else leave it to the watch."""
         revision = reply.header.revision
-        if self.commits % COMPACT_EVERY == 0 and revision > COMPACT_KEEP:
-            self._compact(revision - COMPACT_KEEP)
-        changed = any(r.HasField("response_put") or r.response_delete_range.deleted
-                      for r in reply.responses)
-        if changed and not await self.wait_revision(revision, timeout=5.0):
-            log.warning("the etcd watch lags: revision %d acknowledged, not yet seen", revision)
-        return [self._changes_of(job, revision) for job in batch]
+        if revision != self._revision + 1 or not _changed(reply):
+            return  # seen already, or a write of others in between, or a no-op
+        keys = [k for job in batch for k in job.keys]
+        ops = [op for job in batch for op in job.ops]
+        self._publish(revision, self._changes_of_ops(revision, keys, ops))
+        self._advance(revision)
+        self.applied_at_once += 1
 
-    def _compact(self, revision: int) -> None:
-        """Drop etcd's history older than `revision` (it grows without bound
-        otherwise); what is kept covers a watch that reconnects after an outage,
-        and one that falls further behind reloads (`_resync`)."""
-        async def compact() -> None:
-            try:
-                await self.client.compact(revision, timeout=5.0)
-            except grpc.RpcError as exc:
-                log.info("etcd compaction to %d failed (%s)", revision, exc.code())
-        task = asyncio.create_task(compact())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _changes_of(self, job: _Job, revision: int) -> list[Change]:
+    def _changes_of(self, ops: Sequence[Put | Delete], job: Job,
+                    revision: int) -> list[Change]:
         seen = self._recent.get(revision, {})
         out = []
-        for op, key in zip(job.ops, job.keys):
+        for op, key in zip(ops, job.keys):
             change = seen.get(key)
             if change is None:  # a delete of an absent object, or the watch lags
                 change = _planned(op, revision * PER_REVISION)
@@ -420,6 +349,8 @@ def _planned(op: Put | Delete, generation: int) -> Change:
                   CLASSES[op.class_name].message(uuid=op.uuid))
 
 
-def _fail(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+
+def _changed(reply) -> bool:
+    """Whether a transaction changed anything (else etcd made no revision)."""
+    return any(r.HasField("response_put") or r.response_delete_range.deleted
+               for r in reply.responses)

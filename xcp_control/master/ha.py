@@ -62,6 +62,11 @@ class HaNode:
     def add_listener(self, listener: TransitionListener) -> None:
         self.term.add_listener(listener)
 
+    def use_credentials(self, credentials) -> None:
+        """Mutual TLS as this master for the calls passed on to the leader
+        (None: plaintext); set before serving."""
+        self._leader_channel.credentials = credentials
+
     def start(self, me: str) -> None:
         """Campaign as `me` (the API address slaves and clients are sent to)."""
         self.term.me = me

@@ -29,6 +29,8 @@ from google.protobuf.message import DecodeError
 from xcp_control import errors
 from xcp_control.master.leadership import Term
 from xcp_control.rpc.channels import open_channel
+from xcp_control.security import auth
+from xcp_control.security.pki import MASTER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,12 @@ READS = frozenset({
     "/xcp.v1.VMService/ListVMs",
 })
 _HOP_HEADERS = ("grpc-", ":", "content-type", "user-agent", "te")
+# A write arriving while no leader is visible waits this many leases for one
+# (within the caller's deadline): a lease expiring plus an election take up
+# to about two, and an etcd member lost (its raft leader) adds a raft
+# election to that (ETCD-FACTS.md: writes unavailable 1.3-2.7 s).
+AWAIT_LEASES = 3.0
+ANSWER_MARGIN = 0.2  # seconds of the caller's deadline kept to run or pass the call on
 
 
 def _identity(data: bytes) -> bytes:
@@ -52,7 +60,7 @@ class LeaderChannel:
     """One channel to the current leader, replaced when the leader changes."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None, options: list) -> None:
-        self._credentials, self._options = credentials, options
+        self.credentials, self._options = credentials, options  # mutual TLS as a master
         self._address = ""
         self._channel: grpc.aio.Channel | None = None
 
@@ -60,7 +68,7 @@ class LeaderChannel:
         if address != self._address or self._channel is None:
             if self._channel is not None:
                 asyncio.ensure_future(self._channel.close())
-            self._channel = open_channel(address, self._options, self._credentials, "xcp-master")
+            self._channel = open_channel(address, self._options, self.credentials, MASTER_NAME)
             self._address = address
         return self._channel
 
@@ -99,7 +107,7 @@ class Router(grpc.aio.ServerInterceptor):
 
     def _deferred(self, handler, method: str, passed_on: bool):
         """A write while no leader is visible: wait, within the caller's
-        deadline and at most about one lease, for a term to begin (an
+        deadline and at most AWAIT_LEASES leases, for a term to begin (an
         election, or our own lease confirmed again after an etcd hiccup),
         then run it here, pass it on, or refuse it (HOST_IS_SLAVE)."""
         async def unary(raw: bytes, context):
@@ -121,9 +129,9 @@ class Router(grpc.aio.ServerInterceptor):
 
     async def _await_term(self, context) -> None:
         remaining = context.time_remaining()
-        budget = 1.5 * self._term.ttl
+        budget = AWAIT_LEASES * self._term.ttl
         if remaining is not None:
-            budget = min(budget, remaining - 0.2)
+            budget = min(budget, remaining - ANSWER_MARGIN)
         end = self._clock() + budget
         while self._clock() < end:
             now = self._clock()
@@ -212,8 +220,18 @@ class Router(grpc.aio.ServerInterceptor):
 
 
 def _outgoing(context, me: str) -> list[tuple[str, str]]:
+    """The caller's metadata for the leader. With TLS the caller was
+    authenticated here (security/auth.py ran first): the leader is told whom
+    we pass the call on for (delegation), over our master certificate, and
+    the caller's own credentials stay here. A caller's own delegation header
+    never passes."""
+    caller = auth.CALLER.get()
+    dropped = (auth.ON_BEHALF_OF, "authorization") if caller is not None else (
+        auth.ON_BEHALF_OF,)
     metadata = [(k, v) for k, v in context.invocation_metadata()
-                if not k.startswith(_HOP_HEADERS)]
+                if not k.startswith(_HOP_HEADERS) and k not in dropped]
+    if caller is not None:
+        metadata.append(auth.on_behalf_of(caller))
     metadata.append((PASSED_ON, me))
     return metadata
 

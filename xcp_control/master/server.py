@@ -21,6 +21,7 @@ from xcp_control import daemon
 from xcp_control.master import api
 from xcp_control.security import setup as security
 from xcp_control.master.admission import LoopLag, watch_loop_lag
+from xcp_control.master.announce import CALL_TIMEOUT as FOLLOW_TIMEOUT, LeaderAnnouncer
 from xcp_control.master.events import EventHub
 from xcp_control.master.forwarding import Forwarder
 from xcp_control.master.ha import HaNode
@@ -53,6 +54,7 @@ from xcp.v1 import (
     liveness_service_pb2_grpc,
     pool_service_pb2,
     pool_service_pb2_grpc,
+    slave_service_pb2,
     vm_service_pb2,
     vm_service_pb2_grpc,
 )
@@ -91,6 +93,8 @@ class Master:
         first so that a master refused its port touches no database file."""
         s = self.settings
         sec = security.for_master(s.tls_dir)
+        if self.ha:  # -- HA hook: calls passed on to the leader go as this master --
+            self.ha.use_credentials(sec.channel_credentials)
         self._build(sec)
         self._wire()
         self._wire_metrics()
@@ -155,6 +159,10 @@ class Master:
             acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains, self.clock)
+        # Several masters: a new leader calls its hosts over (announce.py).
+        self.announcer = LeaderAnnouncer(
+            lambda: [h.uuid for h in self.store.list("host") if self.liveness.is_live(h.uuid)],
+            self.liveness_servicer.has_stream, self._follow_leader)
 
     def _wire(self) -> None:
         """Who reacts to what, in the order the reactions must run.
@@ -225,9 +233,21 @@ class Master:
             self.liveness.restore(self._stored_liveness(), self.clock())
             self.sessions.reopen()
             self.restarter.lead()
+            self.announcer.start()
         else:
+            self.announcer.stop()
             self.sessions.close()
             self.liveness_servicer.close_all()
+
+    async def _follow_leader(self, host: str) -> bool:
+        """SlaveService.FollowLeader on `host`: come to us (the Forwarder adds
+        our epoch, and sends nothing once we stop acting)."""
+        request = slave_service_pb2.FollowLeaderRequest(epoch=self.ha.fence(),
+                                                        leader=self.ha.term.me)
+        reply = await self.forwarder.call(host, "FollowLeader", request,
+                                          operation="follow_leader", timeout=FOLLOW_TIMEOUT,
+                                          budget=None)
+        return reply.moved
 
     def describe_pool(self) -> datamodel_pb2.Pool:
         pool = datamodel_pb2.Pool(uuid=self.store.db_id)
@@ -295,6 +315,7 @@ class Master:
         """Stop serving. Hosts keep their stored liveness: the streams this ends
         say nothing about them, and the next master judges them after its grace."""
         self.sessions.close()
+        self.announcer.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -15,7 +15,13 @@ by `AuthInterceptor`:
   certificate alone proves nothing about the caller: UNAUTHENTICATED;
 - read-only callers may list, get and watch; pool-admin callers may do
   everything; only hosts may stream heartbeats (and only as themselves, which
-  heartbeats.py checks against the Hello); on a slave only the master may call.
+  heartbeats.py checks against the Hello); on a slave only the master may call;
+- delegation, with several masters: a follower that passes a client's call on
+  to the leader (master/routing.py) names the client it authenticated in the
+  `xcp-on-behalf-of` header (`ROLE:NAME`), and the leader takes that identity
+  from a caller whose certificate is a master's, and from nobody else (the
+  header from any other caller is ignored; a follower drops it from what its
+  own clients send).
 
 The identity of the caller is available to servicers as `CALLER.get()`.
 """
@@ -47,6 +53,8 @@ READ_METHODS = frozenset({
     "/xcp.v1.PoolService/GetPool",
 })
 HOST_METHODS = frozenset({"/xcp.v1.LivenessService/Heartbeat"})
+ON_BEHALF_OF = "xcp-on-behalf-of"  # ROLE:NAME of the client a follower passes on for
+DELEGABLE_ROLES = frozenset(pki.ROLES)  # a master speaks for clients, never for hosts
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,10 @@ class Authoriser:
         subject = self._subject(auth_context)
         if subject is None or subject.kind not in (*pki.ROLES, "host", "master"):
             raise unauthenticated("no credentials: send a bearer token or use a role certificate")
+        if subject.kind == "master":
+            delegated = _delegated(metadata)
+            if delegated is not None:
+                return delegated
         return Identity(subject.common_name, subject.kind)
 
     def _subject(self, auth_context: dict) -> pki.Subject | None:
@@ -136,6 +148,22 @@ class Authoriser:
                 self._subjects.clear()
             self._subjects[pem] = pki.subject_of(pem)
         return self._subjects[pem]
+
+
+def _delegated(metadata: Iterable[tuple]) -> Identity | None:
+    """The client a master passes a call on for (ON_BEHALF_OF), if it names one."""
+    for key, value in metadata or ():
+        if key == ON_BEHALF_OF:
+            role, _, name = str(value).partition(":")
+            if role not in DELEGABLE_ROLES or not name:
+                raise unauthenticated(f"{ON_BEHALF_OF} must be ROLE:NAME with a client role")
+            return Identity(name, role)
+    return None
+
+
+def on_behalf_of(identity: Identity) -> tuple[str, str]:
+    """The header a follower adds to a call it passes on for `identity`."""
+    return ON_BEHALF_OF, f"{identity.role}:{identity.name}"
 
 
 def master_policy(identity: Identity, method: str) -> bool:

@@ -57,6 +57,10 @@ class StreamEnded(Exception):
     """The master ended or never answered the heartbeat stream."""
 
 
+class Redirected(Exception):
+    """A new leader called us (reconnect_to): the stream ends to go there."""
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
@@ -101,6 +105,8 @@ class HeartbeatClient:
         self._stop = asyncio.Event()
         self._retry = asyncio.Event()  # retry_now(): end the backoff wait
         self._stop_reason = "shutdown"
+        self._redirect = asyncio.Event()  # reconnect_to: leave this stream, skip the backoff
+        self._in_session = False  # a stream to `master` is open or being opened
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()  # domains changed, or the master asked for them
         self._vouch = False  # the leader asked for a report now (report_now: HA's proof)
@@ -168,6 +174,9 @@ class HeartbeatClient:
                 busy = False
                 try:
                     await self._session()
+                except Redirected:
+                    self.connected = False
+                    continue  # at once: the new leader is waiting for us
                 except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
                     busy = turned_away(exc)
                     if self.connected:
@@ -210,6 +219,17 @@ class HeartbeatClient:
         except TimeoutError:
             log.warning("heartbeat client did not stop within %.1fs", timeout)
 
+    def reconnect_to(self, leader: str) -> bool:
+        """A new leader (its epoch already admitted: fencing.py) asked us to
+        stream to it: end the current stream, or the backoff, and go there
+        at once. False when a stream to it is open or being opened already."""
+        if self._stop.is_set() or (leader == self.master and self._in_session):
+            return False
+        log.info("leader %s called: leaving master %s for it", leader, self.master)
+        self._masters.go_to(leader)
+        self._redirect.set()
+        return True
+
     # -- one stream ----------------------------------------------------------
 
     async def _session(self) -> None:
@@ -217,17 +237,30 @@ class HeartbeatClient:
         # one could still sit in gRPC's own reconnect backoff, and a retry would
         # then fail at once however long we waited.
         self._channel_interval = self._interval
+        self._redirect.clear()
+        self._in_session = True
         options = heartbeat_channel_options(self._interval) + [
             ("grpc.use_local_subchannel_pool", 1)]
         channel = open_channel(self.master, options, self._credentials, MASTER_NAME)
-        async with channel:
-            call = pb_grpc.LivenessServiceStub(channel).Heartbeat()
-            stopping = asyncio.ensure_future(self._stop.wait())
-            try:
-                await self._converse(call, stopping)
-            finally:
-                stopping.cancel()
-                call.cancel()
+        try:
+            async with channel:
+                call = pb_grpc.LivenessServiceStub(channel).Heartbeat()
+                stopping = asyncio.ensure_future(self._stop.wait())
+                redirected = asyncio.ensure_future(self._redirect.wait())
+                conversing = asyncio.ensure_future(self._converse(call, stopping))
+                try:
+                    await asyncio.wait({conversing, redirected},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not conversing.done():  # no Goodbye: that master is not the leader
+                        raise Redirected()
+                    conversing.result()
+                finally:
+                    for future in (conversing, stopping, redirected):
+                        future.cancel()
+                    call.cancel()
+                    await asyncio.wait({conversing})  # its own clean-up, before the close
+        finally:
+            self._in_session = False
 
     async def _converse(self, call, stopping: asyncio.Future) -> None:
         composer = BeatComposer()
@@ -364,9 +397,11 @@ class HeartbeatClient:
         return self._snapshot
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
-        """Sleep `seconds`, less if stopped or told to retry now (also by a
-        retry_now() that came while the last attempt ran)."""
-        waits = {asyncio.ensure_future(e.wait()) for e in (self._stop, self._retry)}
+        """Sleep `seconds`, less if stopped, told to retry now (also by a
+        retry_now() that came while the last attempt ran), or by a new
+        leader's call (reconnect_to)."""
+        waits = {asyncio.ensure_future(e.wait())
+                 for e in (self._stop, self._retry, self._redirect)}
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

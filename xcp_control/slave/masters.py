@@ -33,6 +33,12 @@ class MasterList:
     def welcomed(self) -> None:
         self._misses = 0
 
+    def go_to(self, leader: str) -> None:
+        """A leader announced itself (SlaveService.FollowLeader): talk to it
+        next, whether or not `--master` named it."""
+        self.current = leader
+        self._misses = 0
+
     def after_failure(self, exc: BaseException) -> float | None:
         """Move on after a failed attempt; the delay before the next one, or
         None for the caller's usual backoff."""

@@ -123,6 +123,12 @@ class Slave:
         if self._client is not None:
             self._client.retry_now()
 
+    def _follow_leader(self, epoch: int, leader: str) -> bool:
+        """A new leader called (SlaveService.FollowLeader): an older epoch is
+        refused (STALE_MASTER), a current one moves the heartbeat stream."""
+        self.fence.admit(epoch)
+        return self._client is not None and self._client.reconnect_to(leader)
+
     def _transport_bound(self) -> float:
         """How long our heartbeat channel may go without hearing the master
         before it closes (HeartbeatClient.transport_bound)."""
@@ -143,7 +149,7 @@ class Slave:
                                                FenceInterceptor(self.fence),
                                                GuardInterceptor(self.guard)])
         pb_grpc.add_SlaveServiceServicer_to_server(
-            SlaveServicer(self.hypervisor, self.guard.peer_status), server)
+            SlaveServicer(self.hypervisor, self.guard.peer_status, self._follow_leader), server)
         try:
             self.address = bind(server, self.settings.listen, sec.server_credentials)
         except PortInUse as exc:

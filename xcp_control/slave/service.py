@@ -25,9 +25,11 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
     """Proto in, hypervisor call, proto out; errors come from the backend."""
 
     def __init__(self, hypervisor: Hypervisor,
-                 peer_status: Callable[[], tuple[bool, float]] = lambda: (False, 0.0)) -> None:
+                 peer_status: Callable[[], tuple[bool, float]] = lambda: (False, 0.0),
+                 follow_leader: Callable[[int, str], bool] | None = None) -> None:
         self._hv = hypervisor
         self._peer_status = peer_status  # HA's liveset rule (ha_guard.py)
+        self._follow_leader = follow_leader  # several masters: (epoch, leader) -> moved
 
     @rpc_method
     async def StartDomain(self, request: pb.StartDomainRequest, context) -> pb.Domain:
@@ -79,3 +81,14 @@ class SlaveServicer(pb_grpc.SlaveServiceServicer):
         hears, connected_for = self._peer_status()
         return pb.PeerStatusResponse(hears_leader=hears,
                                      connected_for_ms=round(connected_for * 1000))
+
+    @rpc_method
+    async def FollowLeader(self, request: pb.FollowLeaderRequest,
+                           context) -> pb.FollowLeaderResponse:
+        if request.epoch <= 0:
+            raise errors.invalid_value("epoch", request.epoch)
+        if not request.leader:
+            raise errors.invalid_value("leader", request.leader)
+        moved = self._follow_leader is not None and self._follow_leader(request.epoch,
+                                                                          request.leader)
+        return pb.FollowLeaderResponse(moved=moved)
