@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,18 @@ class Member:
                 self.proc.wait(timeout=10)
         with _lock:
             _live.discard(self.proc)
+
+    def is_raft_leader(self, timeout: float = 2.0) -> bool:
+        """This member leads etcd's raft (etcdctl endpoint status)."""
+        result = subprocess.run(
+            [ETCDCTL_BIN, "--endpoints", self.client_url, f"--command-timeout={timeout}s",
+             "endpoint", "status", "-w", "json"],
+            capture_output=True, text=True, timeout=timeout + 5,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        if result.returncode != 0:
+            return False
+        status = json.loads(result.stdout)[0]["Status"]
+        return status["leader"] == status["header"]["member_id"]
 
     def healthy(self, timeout: float = 2.0) -> bool:
         """A write through this member commits."""
