@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FENCE_AFTER = 10.0  # seconds: a slave that sends none (DESIGN.md)
 YIELD_EVERY = 0.005  # seconds of delivery work between two turns of the event loop
 # Peer lists sent per second at most: serialising and sending is paid per byte
-# (BENCHMARKS.md, HA restart: a fifth of a core here). 10,000 hosts' lists are
+# (BENCHMARKS.md, HA restart: +8-12 points of a core here). 10,000 hosts' lists are
 # 5.7 GB (570 KB each): about 3 minutes; 1,000 hosts' 57 MB, 1.8 s.
 PEER_RATE = 32 * 2**20
 MIN_GAP = 0.25  # seconds between two passes at least: a burst of joins is one delivery
