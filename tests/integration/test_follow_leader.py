@@ -10,12 +10,11 @@ import asyncio
 import grpc
 import pytest
 
+from tests.support.fakes import serve_liveness
 from tests.support.daemons import SlaveProcess
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc
 from xcp.v1 import slave_service_pb2 as sl, slave_service_pb2_grpc
 from xcp_control.errors import error_info
-from xcp_control.rpc.options import server_options
-from xcp_control.rpc.server import bind
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity, Reconnect
 from xcp_control.slave.hypervisor import SimulatedHypervisor
 
@@ -41,18 +40,10 @@ class Welcoming(pb_grpc.LivenessServiceServicer):
             pass
 
 
-async def serve(servicer) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(options=server_options(4 << 20))
-    pb_grpc.add_LivenessServiceServicer_to_server(servicer, server)
-    address = bind(server, "127.0.0.1:0")
-    await server.start()
-    return server, address
-
-
 def test_reconnect_to_leaves_the_open_stream_and_goes_to_the_leader_at_once():
     async def go():
         a, b = Welcoming(), Welcoming()
-        servers = [await serve(a), await serve(b)]
+        servers = [await serve_liveness(a), await serve_liveness(b)]
         client = HeartbeatClient(servers[0][1], HOST, SimulatedHypervisor(HOST.uuid, 1 << 30),
                                  interval=1.0, reconnect=Reconnect(cap=30.0))
         runner = asyncio.ensure_future(client.run())
@@ -76,10 +67,10 @@ def test_reconnect_to_leaves_the_open_stream_and_goes_to_the_leader_at_once():
 
 def test_reconnect_to_cuts_a_long_backoff_short():
     async def go():
-        dead_server, dead = await serve(Welcoming())
+        dead_server, dead = await serve_liveness(Welcoming())
         await dead_server.stop(None)  # refused from now on
         b = Welcoming()
-        server, address = await serve(b)
+        server, address = await serve_liveness(b)
         # One master only: every failure is followed by the (long) backoff.
         client = HeartbeatClient(dead, HOST, SimulatedHypervisor(HOST.uuid, 1 << 30),
                                  interval=1.0, reconnect=Reconnect(cap=30.0, busy_cap=30.0))
@@ -108,7 +99,8 @@ def _reason(exc: grpc.RpcError) -> str:
 def test_a_slave_follows_a_newer_leader_and_refuses_an_older_one(tmp_path):
     async def go():
         old, new = Welcoming(epoch=5), Welcoming(epoch=9)
-        (old_server, old_addr), (new_server, new_addr) = await serve(old), await serve(new)
+        (old_server, old_addr) = await serve_liveness(old)
+        (new_server, new_addr) = await serve_liveness(new)
         slave = SlaveProcess(f"{old_addr}", tmp_path / "slave", name="s1", log_dir=tmp_path)
         await asyncio.to_thread(slave.start)
         try:

@@ -13,13 +13,12 @@ import signal
 
 import grpc
 
+from tests.support.fakes import serve_liveness
 from xcp.v1 import liveness_service_pb2 as pb, liveness_service_pb2_grpc as pb_grpc
 from xcp_control.errors import XcpError
 from xcp_control.slave.heartbeat import HeartbeatClient, HostIdentity, Reconnect
 from xcp_control.slave.hypervisor import SimulatedHypervisor
 from tests.support.daemons import MasterProcess
-from xcp_control.rpc.server import bind
-from xcp_control.rpc.options import server_options
 
 HOST = HostIdentity("22222222-2222-4222-8222-222222222222", "h2", "127.0.0.1:5000")
 
@@ -67,14 +66,6 @@ class Mute(pb_grpc.LivenessServiceServicer):
         yield  # pragma: no cover
 
 
-async def serve(servicer) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(options=server_options(4 << 20))
-    pb_grpc.add_LivenessServiceServicer_to_server(servicer, server)
-    address = bind(server, "127.0.0.1:0")
-    await server.start()
-    return server, address
-
-
 async def failures_against(master: str, seconds: float, interval: float = 0.1) -> Recording:
     policy = Recording()
     client = HeartbeatClient(master, HOST, SimulatedHypervisor(HOST.uuid, 1 << 30),
@@ -98,7 +89,7 @@ def assert_nearly_all_turned_away(policy: Recording, *about) -> None:
 
 def test_a_master_that_sheds_the_stream_is_busy():
     async def go():
-        server, address = await serve(TooBusy())
+        server, address = await serve_liveness(TooBusy())
         try:
             policy = await failures_against(address, 1.0)
         finally:
@@ -113,7 +104,7 @@ def test_a_slave_refused_for_who_it_is_backs_off_as_turned_away():
     slave backs off as from a busy master instead of knocking 3 times a second."""
     async def go():
         for code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            server, address = await serve(Refusing(code))
+            server, address = await serve_liveness(Refusing(code))
             try:
                 policy = await failures_against(address, 1.0)
             finally:
@@ -124,7 +115,7 @@ def test_a_slave_refused_for_who_it_is_backs_off_as_turned_away():
 
 def test_an_unanswered_hello_is_busy_after_the_hello_timeout():
     async def go():
-        server, address = await serve(Mute())
+        server, address = await serve_liveness(Mute())
         try:
             policy = await failures_against(address, 3.0)  # hello timeout: 2 s at 0.1 s
         finally:
@@ -136,7 +127,7 @@ def test_an_unanswered_hello_is_busy_after_the_hello_timeout():
 
 def test_an_unreachable_master_is_not_busy():
     async def go():
-        server, address = await serve(Mute())
+        server, address = await serve_liveness(Mute())
         await server.stop(None)  # the port is closed now: refused
         policy = await failures_against(address, 1.0)
         assert len(policy.failures) >= 3 and not any(policy.failures), policy.failures

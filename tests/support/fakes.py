@@ -74,3 +74,17 @@ class FakeContext:
     async def abort(self, code, details, trailing_metadata=()):
         self.aborted = (code, details, trailing_metadata)
         raise grpc.aio.AbortError()
+
+
+async def serve_liveness(servicer) -> tuple[grpc.aio.Server, str]:
+    """A LivenessService of the test's own (a scripted master) on a free
+    loopback port: the server and its HOST:PORT."""
+    from xcp.v1 import liveness_service_pb2_grpc
+    from xcp_control.rpc.options import server_options
+    from xcp_control.rpc.server import bind
+
+    server = grpc.aio.server(options=server_options(4 << 20))
+    liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(servicer, server)
+    address = bind(server, "127.0.0.1:0")
+    await server.start()
+    return server, address
