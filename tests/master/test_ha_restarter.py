@@ -226,20 +226,3 @@ def test_with_ha_off_a_fenced_hello_changes_nothing(tmp_path):
         await restarter.host_fenced(h0.uuid)
         assert state(world, vm) == (dm.RUNNING, h0.uuid, False)
     run(body, tmp_path)
-
-
-def test_a_host_lost_as_ha_is_switched_on_may_not_have_heard_and_is_not_restarted(tmp_path):
-    async def body(world: World):
-        restarter, fwd, clock, (h0, h1, h2) = await rig(world, enabled=False)
-        restarter.lead()
-        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
-        await world.pool.plan.configure(True, 0)  # pushed to the streams now
-        clock.now += DETECT / 2
-        world.liveness.mark_down(h0.uuid)  # its stream may have been broken already
-        clock.now += 60
-        await restarter.step()
-        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
-        clock.now += 60  # long after: a host lost now had been told
-        world.liveness.mark_down(h1.uuid)
-        assert h1.uuid in restarter.lost
-    run(body, tmp_path)

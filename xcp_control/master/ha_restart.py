@@ -130,11 +130,6 @@ class Restarter:
         self.lost: dict[str, float] = {}  # host -> when the leader saw it go
         self.pending = PendingRestarts()
         self._proof_not_before = 0.0  # after a failed proof, when to ask again
-        # When HA was switched on while this master led: a host lost soon
-        # after may never have been told (its stream broke unnoticed before
-        # the push), so it never fences; it is not restarted (arming()).
-        self._switched_on_at: float | None = None
-        self._was_enabled: bool | None = None  # read when we start leading (lead())
         self._wake = None  # asyncio.Event, made in run()
         # Scan the VMs for marked ones only when some may exist: at the start,
         # when a marked VM is written, and while restarts are pending.
@@ -143,31 +138,14 @@ class Restarter:
     # -- listeners -----------------------------------------------------------
 
     def on_flip(self, host: str, live: bool) -> None:
-        # A host lost while HA is off, or before it can have been told HA is
-        # on, was never told to fence: never restarted.
-        now = self._clock()
+        # A host lost while HA is off was never told to fence: never restarted.
         if live:
             self.lost.pop(host, None)
-        elif self._pool_ha.enabled and not self.arming(now):
-            self.lost.setdefault(host, now)
+        elif self._pool_ha.enabled:
+            self.lost.setdefault(host, self._clock())
         self._poke()
 
-    def arming(self, now: float) -> bool:
-        """HA was switched on so recently that a host whose stream broke just
-        before may not have heard (the leader notices a broken stream within
-        detect_bound, plus a second for the push itself)."""
-        return self._switched_on_at is not None \
-            and now - self._switched_on_at < self._detect_bound + 1.0
-
-    def _note_switch(self) -> None:
-        enabled = self._pool_ha.enabled
-        if enabled and self._was_enabled is False:
-            self._switched_on_at = self._clock()
-        self._was_enabled = enabled
-
     def on_changes(self, changes) -> None:
-        if any(c.class_name == "pool" for c in changes):
-            self._note_switch()
         if any(c.class_name == "vm" and c.obj.ha_restart_pending for c in changes):
             self._scan = True
             self._poke()
@@ -186,7 +164,6 @@ class Restarter:
         that still has resident VMs is lost from now on."""
         now = self._clock()
         self._scan = True
-        self._was_enabled = self._pool_ha.enabled
         if not self._pool_ha.enabled:
             return
         for host in self._store.list("host"):
