@@ -263,8 +263,8 @@ def test_watch_into_a_closed_pipe_stops_quietly(pool):
         for n in range(60):  # at most ~30 s
             if watch.poll() is not None:
                 break
-            xcp("vm-create", f"pipe-{n}", "--memory", "1M")
-            time.sleep(0.5)
+            ok(pool.xcp("vm-create", f"pipe-{n}", "--memory", "1M"))  # the pool's own client:
+            time.sleep(0.5)  # a plain xcp() would miss this TLS pool and change nothing
         stdout, stderr = watch.communicate(timeout=10)
     finally:
         watch.kill()
