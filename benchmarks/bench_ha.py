@@ -281,23 +281,30 @@ class VariantPool(HaPool):
 
 def bench_rate(root: Path, runs: int, seconds: float, client_procs: tuple[int, ...] = (1,),
                clients: int = 8, variants: tuple[Variant, ...] = (Variant("this"),),
-               follower: bool = True) -> list[tuple[str, str, str]]:
+               follower: bool = True, lone: bool = False,
+               full_rows: int | None = None) -> list[tuple[str, str, str]]:
     """Rows: (name, rate, cores used by each part). Every variant's three
     masters run at once on one 3-member etcd (a prefix each) beside one SQLite
     master, and the rows take turns window by window (n rounds), so a load
     change on the shared machine falls on every row alike. client_procs: 1 =
-    the clients in this process (grpc.aio), n > 1 = n client processes."""
+    the clients in this process (grpc.aio), n > 1 = n client processes.
+    lone: also one client alone per variant (its rate is 1 / its latency).
+    full_rows: only the first that many variants get every kind of row (the
+    others: the first of client_procs, to the leader)."""
     from tests.support.etcd import EtcdCluster
 
-    def label(procs: int) -> str:
-        return "1 client process" if procs == 1 else f"{procs} client processes"
+    def label(procs: int, n: int = clients) -> str:
+        if n == 1:
+            return "1 client alone"
+        return f"{n} clients, " + ("1 process" if procs == 1 else f"{procs} processes")
 
     etcd = EtcdCluster(3, root / "rate-etcd").start()
     pools: list[VariantPool] = []
     sqlite = None
     try:
-        rows: list[tuple[str, str, dict]] = []  # name, address, parts
+        rows: list[tuple[str, str, dict, int, int]] = []  # name, address, parts, procs, n
         for i, variant in enumerate(variants):
+            full = full_rows is None or i < full_rows
             pool = VariantPool(root / f"rate-{i}", etcd, variant, i)
             pools.append(pool)
             pool.start()
@@ -305,21 +312,27 @@ def bench_rate(root: Path, runs: int, seconds: float, client_procs: tuple[int, .
             parts = {"leader": [pool.by_address(leader).pid],
                      "followers": [m.pid for m in pool.followers(leader)],
                      "etcd": [m.proc.pid for m in etcd.members]}
-            for procs in client_procs:
+            for procs in client_procs if full else client_procs[:1]:
                 rows.append((f"etcd, {variant.name}, to the leader, {label(procs)}", leader,
-                             parts, procs))
-            if follower:
+                             parts, procs, clients))
+            if follower and full:
                 rows.append((f"etcd, {variant.name}, through a follower, "
                              f"{label(client_procs[0])}",
-                             pool.followers(leader)[0].address, parts, client_procs[0]))
+                             pool.followers(leader)[0].address, parts, client_procs[0], clients))
+            if lone and full:
+                rows.append((f"etcd, {variant.name}, to the leader, {label(1, 1)}", leader,
+                             parts, 1, 1))
         sqlite = MasterProcess(root / "rate-sqlite.db", log_dir=root).start()
         for procs in client_procs:
             rows.append((f"SQLite, one master, {label(procs)}", sqlite.address,
-                         {"leader": [sqlite.pid]}, procs))
+                         {"leader": [sqlite.pid]}, procs, clients))
+        if lone:
+            rows.append((f"SQLite, one master, {label(1, 1)}", sqlite.address,
+                         {"leader": [sqlite.pid]}, 1, 1))
         results: dict[str, tuple[list[float], list[dict]]] = {r[0]: ([], []) for r in rows}
         for round_ in range(runs):
-            for name, address, parts, procs in rows:
-                rate, cores = one_window(address, clients, procs, seconds, parts)
+            for name, address, parts, procs, n in rows:
+                rate, cores = one_window(address, n, procs, seconds, parts)
                 results[name][0].append(rate)
                 results[name][1].append(cores)
             print(f"  round {round_ + 1}: " + ", ".join(
@@ -419,6 +432,10 @@ def main() -> int:
                         "main(); repeatable (default: this checkout as it is)")
     p.add_argument("--no-follower", action="store_true",
                    help="rate: no row through a follower")
+    p.add_argument("--lone", action="store_true",
+                   help="rate: also a row of one client alone per variant")
+    p.add_argument("--full-rows", type=int, default=None, metavar="N",
+                   help="rate: every kind of row for the first N variants only")
     a = p.parse_args()
     runs = 2 if a.quick else a.runs
     parts = set(a.only or ("failover", "rate", "big"))
@@ -429,7 +446,8 @@ def main() -> int:
     procs = tuple(int(x) for x in a.client_procs.split(","))
     variants = tuple(parse_variant(v, root) for v in a.variant) or (Variant("this"),)
     rate = (bench_rate(root, runs, 1.0 if a.quick else 2.0, procs, variants=variants,
-                       follower=not a.no_follower) if "rate" in parts else [])
+                       follower=not a.no_follower, lone=a.lone, full_rows=a.full_rows)
+            if "rate" in parts else [])
     big = bench_big(root, runs, 5_000 if a.quick else 100_000) if "big" in parts else None
     if failover:
         print("\n| failover | CreateVM to another master succeeds (s) | every slave streams "
