@@ -16,6 +16,11 @@ applied at once, as the watch would have (same changes, same generations);
 the watch's copy of that revision is then skipped. Otherwise (another write
 came in between, not yet seen) the commit waits for the watch.
 
+The watch asks for no prev_kv (etcd would read the old value of every
+changed key for every watcher): a deleted object's last value is the one the
+working copy holds, which is the revision before, since the watch applies
+revisions in order.
+
 Generations come from etcd revisions: change i of revision R is generation
 R * PER_REVISION + i, and the store's generation after revision R is the last
 slot of R. Every master derives the same generations from the same history,
