@@ -17,7 +17,15 @@ Real processes on loopback (tests/support/ha.py, the tests' harness): etcd
   issue wants every slave there within 1 s of it). False deaths: hosts the new
   leader lists as not live afterwards.
 - rate: 8 grpc.aio clients, one channel each, CreateVM in a loop for a window,
-  against the leader of a 3-member etcd and against one master on SQLite.
+  against the leader of a 3-member etcd and against one master on SQLite. Every
+  variant's three masters (`--variant`: another commit's code and/or module
+  constants set) run at once on one etcd, a prefix each, beside the SQLite
+  master, and the rows take turns window by window; also as several client
+  processes (`--client-procs`), through a follower, one client alone
+  (`--lone`); CPU of each part (leader, followers, etcd, clients) from /proc.
+
+    flock /work/heavy.lock .venv/bin/python benchmarks/bench_ha.py --only rate \
+        --variant before@274a708 --variant this --lone       # BENCHMARKS.md has the rest
 - 100,000 VMs: written straight into etcd (txns of 1,000 puts); from the new
   leader's "won the election" log line to its first CreateVM answered.
 Every figure is median (min-max, n).
