@@ -247,3 +247,46 @@ def test_one_object_keeps_its_order_while_lingering():
     etcd, replies = asyncio.run(go())
     assert replies[0].header.revision < replies[1].header.revision
     assert [len(t) for t in etcd.txns] == [1, 2]
+
+
+def test_the_linger_may_count_from_the_slots_freeing():
+    late = Batching(1, MAX_TXN_OPS, linger=0.005, from_free=True)
+    # Queued at 10.0 while the slot was busy until 10.004: waits until 10.009.
+    assert late.next_send(0, 1, 1, 8, oldest=10.0, now=10.004,
+                          free_since=10.004) == pytest.approx(10.009)
+    assert ONE.next_send(0, 1, 1, 8, oldest=10.0, now=10.004,
+                         free_since=10.004) == pytest.approx(10.005)
+    assert late.next_send(0, 1, 1, 8, oldest=10.006, now=10.006,
+                          free_since=10.004) == pytest.approx(10.011)
+
+
+def test_a_job_queued_during_a_transaction_lingers_from_its_answer():
+    async def go():
+        etcd = FakeEtcd()
+        now = [0.0]
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
+                                batching=Batching(1, MAX_TXN_OPS, linger=0.005,
+                                                  from_free=True),
+                                clock=lambda: now[0])
+        writer.start()
+        try:
+            await asyncio.gather(*(writer.submit(job(f"a{i}")) for i in range(3)))
+            etcd.gate.clear()
+            flying = [asyncio.ensure_future(writer.submit(job(f"b{i}"))) for i in range(3)]
+            await _until(lambda: len(etcd.txns) == 2)
+            now[0] = 1.0
+            early = asyncio.ensure_future(writer.submit(job("c0")))  # queued at 1.0
+            await _until(lambda: writer._queue)
+            now[0] = 1.010  # etcd answers 10 ms later: the linger starts there
+            etcd.gate.set()
+            await asyncio.wait_for(asyncio.gather(*flying), 2)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(etcd.txns) == 2  # c0 waits for the others
+            rest = [asyncio.ensure_future(writer.submit(job(f"c{i}"))) for i in (1, 2)]
+            await asyncio.wait_for(asyncio.gather(early, *rest), 2)
+        finally:
+            await writer.close()
+        return etcd
+    etcd = asyncio.run(go())
+    assert [len(t) for t in etcd.txns] == [3, 3, 3]

@@ -51,6 +51,10 @@ MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for
 IN_FLIGHT = 1  # transactions in flight at once: 1 measured best (BENCHMARKS.md, issue 11)
 SECOND_AFTER = MAX_TXN_OPS  # ops queued for one more to go while one flies (IN_FLIGHT > 1)
 LINGER = 0.005  # seconds at most a free slot waits for the callers expected back
+# Whether the linger counts from the slot's freeing (True) or from the oldest
+# queued job's arrival (False: a job queued while the slot was busy may have
+# used it up by then, and leaves alone as before).
+LINGER_FROM_FREE = False
 # A transaction whose outcome etcd did not tell is tried again, while we may
 # act, for up to this long: writes stay unavailable for 1.3-2.7 s when etcd's
 # raft leader dies (ETCD-FACTS.md), and one member lost must change nothing
@@ -69,14 +73,15 @@ class Batching:
     in_flight: int = IN_FLIGHT  # transactions in flight at most
     second_after: int = SECOND_AFTER  # ops queued before one more goes while others fly
     linger: float = LINGER  # seconds an idle slot waits for callers expected back
+    from_free: bool = LINGER_FROM_FREE  # the linger counts from the slot's freeing
 
     @classmethod
     def default(cls) -> "Batching":
         """From the module's constants as they are now (a benchmark sets them)."""
-        return cls(IN_FLIGHT, SECOND_AFTER, LINGER)
+        return cls(IN_FLIGHT, SECOND_AFTER, LINGER, LINGER_FROM_FREE)
 
     def next_send(self, flying: int, queued_jobs: int, queued_ops: int, expected: int,
-                  oldest: float, now: float) -> float | None:
+                  oldest: float, now: float, free_since: float = 0.0) -> float | None:
         """When the next transaction should go: `now` (at once), a later time
         (look again then, unless something changes first), or None (wait for
         a change: a job queued, a transaction answered).
@@ -84,12 +89,14 @@ class Batching:
         `flying`: transactions in flight; `queued_*`: what waits; `expected`:
         commits out lately (queued or in flight when the last transactions
         left: callers likely to come back); `oldest`: when the oldest queued
-        job was queued.
+        job was queued; `free_since`: when the last transaction in flight
+        answered.
 
         A free slot takes its share of the expected commits (all of them with
         one slot) or a full transaction's worth; short of that, with nothing in
-        flight it waits for them until `linger` after the oldest was queued,
-        with a transaction in flight until that one answers."""
+        flight it waits for them until `linger` after the oldest was queued
+        (`from_free`: or after the slot was freed, if later), with a
+        transaction in flight until that one answers."""
         if queued_jobs == 0 or flying >= self.in_flight:
             return None
         share = -(-expected // self.in_flight)
@@ -97,7 +104,8 @@ class Batching:
             return now
         if flying:
             return None
-        return max(now, oldest + self.linger)
+        start = max(oldest, free_since) if self.from_free else oldest
+        return max(now, start + self.linger)
 
 
 Fence = Callable[[], int]  # the epoch to guard writes with; raises HOST_IS_SLAVE if none
@@ -139,6 +147,7 @@ class GroupCommitter:
         self._queue: deque[Job] = deque()
         self._queued_ops = 0
         self._flying_jobs = 0
+        self._free_since = 0.0  # when the last transaction in flight answered
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_pending)
         self._loop: asyncio.Task | None = None
@@ -204,7 +213,8 @@ class GroupCommitter:
             return None  # a write of one object waits for the one in flight
         now = self._now()
         when = self._batching.next_send(len(self._flying), len(self._queue), self._queued_ops,
-                                        max(self._outstanding), self._queue[0].queued_at, now)
+                                        max(self._outstanding), self._queue[0].queued_at, now,
+                                        self._free_since)
         return None if when is None else max(0.0, when - now)
 
     async def _send_loop(self) -> None:
@@ -246,6 +256,8 @@ class GroupCommitter:
             self._flying.discard(asyncio.current_task())
             self._flying_keys -= keys
             self._flying_jobs -= len(batch)
+            if not self._flying:
+                self._free_since = self._now()
             self._wake.set()
         self.commits += 1
         self.batched += len(batch)
