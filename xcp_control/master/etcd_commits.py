@@ -53,7 +53,8 @@ SECOND_AFTER = MAX_TXN_OPS  # ops queued for one more to go while one flies (IN_
 LINGER = 0.005  # seconds at most a free slot waits for the callers expected back
 # Whether the linger counts from the slot's freeing (True) or from the oldest
 # queued job's arrival (False: a job queued while the slot was busy may have
-# used it up by then, and leaves alone as before).
+# used it up by then, and leaves alone as before). Measured within the noise
+# of the rule as it is (BENCHMARKS.md, issue 11), so off.
 LINGER_FROM_FREE = False
 # A transaction whose outcome etcd did not tell is tried again, while we may
 # act, for up to this long: writes stay unavailable for 1.3-2.7 s when etcd's
