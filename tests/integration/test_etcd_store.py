@@ -73,6 +73,8 @@ def test_commits_are_fenced_and_followed(etcd):
             assert [c.op for c in seen].count(ADD) == 200
             history = await follower.changes_since(changes[-1].generation)
             assert [(c.op, c.uuid) for c in history][-2:] == [(MOD, UUIDS[5]), (DEL, UUIDS[6])]
+            # The watch asks for no prev_kv: the deleted value is the working copy's.
+            assert history[-1].obj.name_label == "vm" and history[-1].obj.uuid == UUIDS[6]
             # A commit too large for one shared txn goes alone, atomically.
             big = await leader.commit([Put(_vm(u)) for u in UUIDS[200:300]])
             assert len({c.generation // PER_REVISION for c in big}) == 1

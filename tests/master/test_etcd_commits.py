@@ -1,6 +1,8 @@
 """Group commit (master/etcd_commits.py) against a fake etcd client: queued
-jobs share one transaction, one in flight, a job never waits on a free slot,
-a refused epoch fails every job of its transaction."""
+jobs share one transaction, one in flight, a lone caller never waits on a free
+slot, a free slot lingers (bounded) for the callers expected back, a refused
+epoch fails every job of its transaction; and the batching rule alone, its
+clock given."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from xcp_control.errors import XcpError
 from xcp_control.master import etcd_client as ec
-from xcp_control.master.etcd_commits import GroupCommitter, Job
+from xcp_control.master.etcd_commits import MAX_TXN_OPS, Batching, GroupCommitter, Job
 
 
 class FakeEtcd:
@@ -107,3 +109,184 @@ def test_no_epoch_no_queue():
             await writer.close()
         return etcd
     assert asyncio.run(go()).txns == []
+
+
+# -- the batching rule (pure: the clock is an argument) --------------------------
+
+ONE = Batching(in_flight=1, second_after=MAX_TXN_OPS, linger=0.005)
+
+
+def test_a_lone_caller_goes_at_once():
+    assert ONE.next_send(flying=0, queued_jobs=1, queued_ops=1, expected=1, oldest=10.0,
+                         now=10.0) == 10.0
+    assert ONE.next_send(0, 1, 1, 0, 10.0, 10.0) == 10.0  # nothing out before: first write
+
+
+def test_nothing_queued_or_no_free_slot_waits_for_a_change():
+    assert ONE.next_send(0, 0, 0, 8, 10.0, 10.0) is None
+    assert ONE.next_send(1, 7, 7, 8, 10.0, 10.0) is None
+
+
+def test_a_free_slot_lingers_for_the_expected_callers_at_most_linger():
+    assert ONE.next_send(0, 1, 1, 8, oldest=10.0, now=10.001) == pytest.approx(10.005)
+    assert ONE.next_send(0, 7, 7, 8, oldest=10.0, now=10.004) == pytest.approx(10.005)
+    assert ONE.next_send(0, 8, 8, 8, oldest=10.0, now=10.001) == 10.001  # all back: go
+    assert ONE.next_send(0, 3, 3, 8, oldest=10.0, now=10.005) == 10.005  # linger over
+    assert ONE.next_send(0, 3, 3, 8, oldest=10.0, now=11.0) == 11.0
+
+
+def test_a_full_transaction_goes_without_lingering():
+    assert ONE.next_send(0, 2, MAX_TXN_OPS, 200, oldest=10.0, now=10.0) == 10.0
+
+
+def test_no_linger_sends_at_once():
+    eager = Batching(in_flight=1, second_after=MAX_TXN_OPS, linger=0.0)
+    assert eager.next_send(0, 1, 1, 8, oldest=10.0, now=10.0) == 10.0
+
+
+def test_a_second_slot_takes_its_share_or_a_full_transaction():
+    two = Batching(in_flight=2, second_after=MAX_TXN_OPS, linger=0.005)
+    assert two.next_send(1, 3, 3, 8, 10.0, 10.0) is None  # waits for the one in flight
+    assert two.next_send(1, 4, 4, 8, 10.0, 10.0) == 10.0  # half of 8
+    assert two.next_send(1, 1, MAX_TXN_OPS, 8, 10.0, 10.0) == 10.0
+    assert two.next_send(0, 3, 3, 8, 10.0, 10.001) == pytest.approx(10.005)
+    assert two.next_send(2, 9, 9, 8, 10.0, 10.0) is None
+
+
+# -- the committer lingering (the loop's own timer is never reached) --------------
+
+
+async def _until(predicate) -> None:
+    for _ in range(1000):  # bounded: yields to the loop, no sleeping
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+def test_callers_coming_back_share_one_transaction_again():
+    async def go():
+        etcd = FakeEtcd()
+        now = [0.0]
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
+                                batching=Batching(1, MAX_TXN_OPS, linger=10.0),
+                                clock=lambda: now[0])
+        writer.start()
+        try:
+            # Three callers at once: one transaction of three.
+            await asyncio.gather(*(writer.submit(job(f"a{i}")) for i in range(3)))
+            # They come back one by one: the first two wait for the third.
+            back = [asyncio.ensure_future(writer.submit(job("b0"))),
+                    asyncio.ensure_future(writer.submit(job("b1")))]
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(etcd.txns) == 1
+            back.append(asyncio.ensure_future(writer.submit(job("b2"))))
+            await asyncio.wait_for(asyncio.gather(*back), 2)
+        finally:
+            await writer.close()
+        return etcd
+    etcd = asyncio.run(go())
+    assert [len(t) for t in etcd.txns] == [3, 3]
+
+
+def test_a_caller_that_does_not_come_back_delays_the_others_at_most_linger():
+    async def go():
+        etcd = FakeEtcd()
+        now = [0.0]
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
+                                batching=Batching(1, MAX_TXN_OPS, linger=0.005),
+                                clock=lambda: now[0])
+        writer.start()
+
+        async def two_come_back(at: float, linger_expected: bool) -> None:
+            now[0] = at
+            back = [asyncio.ensure_future(writer.submit(job(f"{at}-{i}"))) for i in range(2)]
+            await _until(lambda: not writer._queue or len(writer._queue) == 2)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            sent = len(etcd.txns)
+            if linger_expected:
+                now[0] = at + 0.006  # past the linger; the wake stands for the loop's timer
+                writer._wake.set()
+            await asyncio.wait_for(asyncio.gather(*back), 2)
+            return sent
+        try:
+            await asyncio.gather(*(writer.submit(job(f"a{i}")) for i in range(3)))
+            lingered = [await two_come_back(1.0, True), await two_come_back(2.0, True)]
+            at_once = await two_come_back(3.0, False)  # out: 2 and 2 the last two times
+        finally:
+            await writer.close()
+        return etcd, lingered, at_once
+    etcd, lingered, at_once = asyncio.run(go())
+    assert lingered == [1, 2]  # each time nothing left before the linger was over
+    assert at_once == 4
+    assert [len(t) for t in etcd.txns] == [3, 2, 2, 2]
+
+
+def test_one_object_keeps_its_order_while_lingering():
+    async def go():
+        etcd = FakeEtcd()
+        etcd.gate.clear()
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
+                                batching=Batching(1, MAX_TXN_OPS, linger=10.0))
+        writer.start()
+        try:
+            first = asyncio.ensure_future(writer.submit(job("k")))
+            await _until(lambda: etcd.txns)
+            again = asyncio.ensure_future(writer.submit(job("k")))  # same key: waits
+            other = asyncio.ensure_future(writer.submit(job("x")))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(etcd.txns) == 1
+            etcd.gate.set()
+            replies = await asyncio.wait_for(asyncio.gather(first, again, other), 2)
+        finally:
+            await writer.close()
+        return etcd, replies
+    etcd, replies = asyncio.run(go())
+    assert replies[0].header.revision < replies[1].header.revision
+    assert [len(t) for t in etcd.txns] == [1, 2]
+
+
+def test_the_linger_may_count_from_the_slots_freeing():
+    late = Batching(1, MAX_TXN_OPS, linger=0.005, from_free=True)
+    # Queued at 10.0 while the slot was busy until 10.004: waits until 10.009.
+    assert late.next_send(0, 1, 1, 8, oldest=10.0, now=10.004,
+                          free_since=10.004) == pytest.approx(10.009)
+    assert ONE.next_send(0, 1, 1, 8, oldest=10.0, now=10.004,
+                         free_since=10.004) == pytest.approx(10.005)
+    assert late.next_send(0, 1, 1, 8, oldest=10.006, now=10.006,
+                          free_since=10.004) == pytest.approx(10.011)
+
+
+def test_a_job_queued_during_a_transaction_lingers_from_its_answer():
+    async def go():
+        etcd = FakeEtcd()
+        now = [0.0]
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
+                                batching=Batching(1, MAX_TXN_OPS, linger=0.005,
+                                                  from_free=True),
+                                clock=lambda: now[0])
+        writer.start()
+        try:
+            await asyncio.gather(*(writer.submit(job(f"a{i}")) for i in range(3)))
+            etcd.gate.clear()
+            flying = [asyncio.ensure_future(writer.submit(job(f"b{i}"))) for i in range(3)]
+            await _until(lambda: len(etcd.txns) == 2)
+            now[0] = 1.0
+            early = asyncio.ensure_future(writer.submit(job("c0")))  # queued at 1.0
+            await _until(lambda: writer._queue)
+            now[0] = 1.010  # etcd answers 10 ms later: the linger starts there
+            etcd.gate.set()
+            await asyncio.wait_for(asyncio.gather(*flying), 2)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(etcd.txns) == 2  # c0 waits for the others
+            rest = [asyncio.ensure_future(writer.submit(job(f"c{i}"))) for i in (1, 2)]
+            await asyncio.wait_for(asyncio.gather(early, *rest), 2)
+        finally:
+            await writer.close()
+        return etcd
+    etcd = asyncio.run(go())
+    assert [len(t) for t in etcd.txns] == [3, 3, 3]

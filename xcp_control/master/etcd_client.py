@@ -39,6 +39,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
+    # No BDP probes: every answer and watch event read would cost a PING to
+    # etcd and its ACK, and what etcd sends us needs no larger window.
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 Compare = rpc.Compare

@@ -5,23 +5,35 @@ Every write of the leader is one etcd transaction guarded by its epoch
 refused by etcd, never applied (ETCD-FACTS.md: plain puts of a resumed,
 SIGSTOPped holder still succeed). Commits queued while transactions are in
 flight share the next one, within etcd's 128 operations and 1.5 MiB per
-request, one operation per key (etcd refuses a key twice in one txn).
+request, one operation per key (etcd refuses a key twice in one txn). A job
+touching a key of a transaction in flight waits for it, so writes of one
+object keep their order; a job is answered only after etcd answered the
+transaction that carried it.
 
 A transaction costs about the same whatever its size (measured on a 3-member
 etcd here: one 8-put txn 1.60 ms, one 1-put txn 1.46 ms), so few large
-transactions beat many small ones: one at a time (8 clients: 1,019 CreateVM/s
-against 644-709/s with two in flight and 550-629/s with four), each carrying
-every commit queued while the previous one was out; the slot is free again
-as soon as etcd answers. A job touching a key of a transaction
-in flight waits for it, so writes of one object keep their order.
+transactions beat many small ones. When the next one goes is `Batching`'s
+rule (BENCHMARKS.md, issue 11, has the trials):
+
+- One in flight (IN_FLIGHT): two or more made every transaction smaller and
+  slower (etcd's fsyncs come one after another), not the rate higher.
+- The linger: the callers a transaction answers come back with their next
+  commit within a few milliseconds (the master's own CPU: ~0.4 ms per
+  CreateVM, one at a time), and the first one back used to leave alone the
+  moment the slot was free, the others waiting for it (transactions of 1 and
+  7 commits, in turns, with 8 clients). So a free slot waits, at most LINGER
+  after the oldest queued job, until as many jobs are queued as were out
+  (queued or in flight) when the last two transactions left; with a lone
+  caller that is one, and nothing waits.
 
 Plain asyncio over `EtcdClient.txn`; the store (etcd_store.py) builds the
 jobs and turns the answers into changes.
 """
-
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +49,13 @@ log = logging.getLogger(__name__)
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: queued commits share a txn up to this
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's 1.5 MiB request limit, with room for keys
 IN_FLIGHT = 1  # transactions in flight at once: 1 measured best (BENCHMARKS.md, issue 11)
+SECOND_AFTER = MAX_TXN_OPS  # ops queued for one more to go while one flies (IN_FLIGHT > 1)
+LINGER = 0.005  # seconds at most a free slot waits for the callers expected back
+# Whether the linger counts from the slot's freeing (True) or from the oldest
+# queued job's arrival (False: a job queued while the slot was busy may have
+# used it up by then, and leaves alone as before). Measured within the noise
+# of the rule as it is (BENCHMARKS.md, issue 11), so off.
+LINGER_FROM_FREE = False
 # A transaction whose outcome etcd did not tell is tried again, while we may
 # act, for up to this long: writes stay unavailable for 1.3-2.7 s when etcd's
 # raft leader dies (ETCD-FACTS.md), and one member lost must change nothing
@@ -45,6 +64,50 @@ WRITE_BUDGET = 5.0  # seconds
 RETRY_PAUSE = 0.05  # seconds between tries that failed at once (no raft leader yet)
 COMPACT_EVERY = 1000  # transactions between two compactions of etcd's history
 COMPACT_KEEP = 100_000  # revisions of history kept (about change_log_size changes)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """When the next transaction goes out: a pure rule (`next_send`), so the
+    committer's timing is tested without etcd or a clock."""
+
+    in_flight: int = IN_FLIGHT  # transactions in flight at most
+    second_after: int = SECOND_AFTER  # ops queued before one more goes while others fly
+    linger: float = LINGER  # seconds an idle slot waits for callers expected back
+    from_free: bool = LINGER_FROM_FREE  # the linger counts from the slot's freeing
+
+    @classmethod
+    def default(cls) -> "Batching":
+        """From the module's constants as they are now (a benchmark sets them)."""
+        return cls(IN_FLIGHT, SECOND_AFTER, LINGER, LINGER_FROM_FREE)
+
+    def next_send(self, flying: int, queued_jobs: int, queued_ops: int, expected: int,
+                  oldest: float, now: float, free_since: float = 0.0) -> float | None:
+        """When the next transaction should go: `now` (at once), a later time
+        (look again then, unless something changes first), or None (wait for
+        a change: a job queued, a transaction answered).
+
+        `flying`: transactions in flight; `queued_*`: what waits; `expected`:
+        commits out lately (queued or in flight when the last transactions
+        left: callers likely to come back); `oldest`: when the oldest queued
+        job was queued; `free_since`: when the last transaction in flight
+        answered.
+
+        A free slot takes its share of the expected commits (all of them with
+        one slot) or a full transaction's worth; short of that, with nothing in
+        flight it waits for them until `linger` after the oldest was queued
+        (`from_free`: or after the slot was freed, if later), with a
+        transaction in flight until that one answers."""
+        if queued_jobs == 0 or flying >= self.in_flight:
+            return None
+        share = -(-expected // self.in_flight)
+        if queued_jobs >= share or queued_ops >= self.second_after:
+            return now
+        if flying:
+            return None
+        start = max(oldest, free_since) if self.from_free else oldest
+        return max(now, start + self.linger)
+
 
 Fence = Callable[[], int]  # the epoch to guard writes with; raises HOST_IS_SLAVE if none
 Applied = Callable[["ec.rpc.TxnResponse", list["Job"]], None]  # reply, the jobs it carried
@@ -59,6 +122,7 @@ class Job:
     requests: list[ec.RequestOp]
     size: int
     ops: list = field(default_factory=list)
+    queued_at: float = 0.0
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
                                    .create_future())
 
@@ -68,14 +132,23 @@ class GroupCommitter:
     the etcd reply of the transaction that carried the job."""
 
     def __init__(self, client: ec.EtcdClient, guard_key: bytes, fence: Fence,
-                 max_pending: int = 10_000, in_flight: int = IN_FLIGHT,
-                 on_applied: Applied | None = None) -> None:
+                 max_pending: int = 10_000, in_flight: int | None = None,
+                 on_applied: Applied | None = None, batching: Batching | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self._client = client
         self._on_applied = on_applied  # told of each applied txn before its jobs answer
         self._guard_key = guard_key  # the leader key: its create revision is the epoch
         self._fence = fence
-        self._in_flight = in_flight
+        batching = batching or Batching.default()
+        if in_flight is not None:
+            batching = dataclasses.replace(batching, in_flight=in_flight)
+        self._batching = batching
+        self._clock = clock  # loop.time by default (the linger's timer runs on it)
+        self._outstanding = (0, 0)  # jobs out when the last two transactions went out
         self._queue: deque[Job] = deque()
+        self._queued_ops = 0
+        self._flying_jobs = 0
+        self._free_since = 0.0  # when the last transaction in flight answered
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_pending)
         self._loop: asyncio.Task | None = None
@@ -104,7 +177,9 @@ class GroupCommitter:
         self._fence()
         await self._slots.acquire()
         try:
+            job.queued_at = self._now()
             self._queue.append(job)
+            self._queued_ops += len(job.requests)
             self._wake.set()
             # Once queued, the write goes on regardless of the caller.
             return await asyncio.shield(job.future)
@@ -114,6 +189,7 @@ class GroupCommitter:
     def _next_batch(self) -> list[Job]:
         """Queued jobs for one transaction: within the limits, one op per key."""
         batch = [self._queue.popleft()]
+        self._queued_ops -= len(batch[0].requests)
         ops, size, keys = len(batch[0].requests), batch[0].size, set(batch[0].keys)
         while self._queue:
             job = self._queue[0]
@@ -123,22 +199,45 @@ class GroupCommitter:
                 break
             self._queue.popleft()
             batch.append(job)
+            self._queued_ops -= len(job.requests)
             ops, size = ops + len(job.requests), size + job.size
             keys.update(job.keys)
         return batch
 
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def _due(self) -> float | None:
+        """How long until the next transaction goes (0: now), or None: until
+        something changes."""
+        if not self._queue or self._flying_keys.intersection(self._queue[0].keys):
+            return None  # a write of one object waits for the one in flight
+        now = self._now()
+        when = self._batching.next_send(len(self._flying), len(self._queue), self._queued_ops,
+                                        max(self._outstanding), self._queue[0].queued_at, now,
+                                        self._free_since)
+        return None if when is None else max(0.0, when - now)
+
     async def _send_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue and len(self._flying) < self._in_flight \
-                    and not self._flying_keys.intersection(self._queue[0].keys):
+            when = self._due()
+            while when == 0:
                 batch = self._next_batch()
+                self._outstanding = (self._outstanding[1], len(batch) + self._flying_jobs
+                                     + len(self._queue))
+                self._flying_jobs += len(batch)
                 keys = {k for job in batch for k in job.keys}
                 self._flying_keys |= keys
                 task = asyncio.create_task(self._send(batch, keys))
                 self._flying.add(task)
                 task.add_done_callback(self._flying.discard)
+                when = self._due()
+            if when is None:
+                await self._wake.wait()
+            else:  # lingering: a new job or a freed slot wakes us sooner
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), when)
+            self._wake.clear()
 
     async def _send(self, batch: list[Job], keys: set[bytes]) -> None:
         try:
@@ -157,6 +256,9 @@ class GroupCommitter:
             # next, must see it free (else, one slot, it would wait for good).
             self._flying.discard(asyncio.current_task())
             self._flying_keys -= keys
+            self._flying_jobs -= len(batch)
+            if not self._flying:
+                self._free_since = self._now()
             self._wake.set()
         self.commits += 1
         self.batched += len(batch)

@@ -16,6 +16,11 @@ applied at once, as the watch would have (same changes, same generations);
 the watch's copy of that revision is then skipped. Otherwise (another write
 came in between, not yet seen) the commit waits for the watch.
 
+The watch asks for no prev_kv (etcd would read the old value of every
+changed key for every watcher): a deleted object's last value is the one the
+working copy holds, which is the revision before, since the watch applies
+revisions in order.
+
 Generations come from etcd revisions: change i of revision R is generation
 R * PER_REVISION + i, and the store's generation after revision R is the last
 slot of R. Every master derives the same generations from the same history,
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128 ops)
 PAGE = 2000  # objects per page of the initial load
+WATCH_PREV_KV = False  # deleted values come from the working copy (True: from etcd)
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
 
 KeyListener = Callable[[bytes, bytes | None, int], None]  # key, value (None: deleted), revision
@@ -181,7 +187,8 @@ class EtcdStore(MemoryBackedStore):
             try:
                 async for response in self.client.watch(self.keys.root,
                                                          ec.prefix_end(self.keys.root),
-                                                         self._revision + 1):
+                                                         self._revision + 1,
+                                                         prev_kv=WATCH_PREV_KV):
                     self.watch_ok = True
                     if response.compact_revision:
                         await self._resync()
@@ -221,8 +228,12 @@ class EtcdStore(MemoryBackedStore):
             message = CLASSES[class_name].message
             generation = revision * PER_REVISION + len(changes)
             if event.type == event.DELETE:
-                last = message.FromString(event.prev_kv.value) if event.HasField("prev_kv") \
-                    else message(uuid=uuid)
+                # The value before: the working copy holds revision - 1 (the
+                # watch asks for no prev_kv, which costs etcd a read per event
+                # and watcher).
+                last = self._memory.get(class_name, uuid)
+                if last is None:
+                    last = message(uuid=uuid)
                 change = Change(generation, DEL, class_name, uuid, last)
             else:
                 op = ADD if kv.version == 1 else MOD
