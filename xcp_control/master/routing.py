@@ -65,6 +65,13 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _decoded(handler, raw: bytes):
+    try:
+        return handler.request_deserializer(raw)
+    except DecodeError:
+        return errors.UNDECODABLE
+
+
 class LeaderChannel:
     """One channel to the current leader, replaced when the leader changes."""
 
@@ -143,9 +150,11 @@ class Router(grpc.aio.ServerInterceptor):
 
     async def _route(self, handler, method: str, raw: bytes, context, passed_on: bool,
                      wait: bool) -> bytes:
-        """Run here while acting, else pass on to the leader, else refuse; a
-        call whose term ended before it acted goes round again (waiting for
-        the next term), bounded by the caller's deadline."""
+        """Run here while acting, else pass on to the leader, else answer a
+        read from our copy, else wait for a term once (a call that found us
+        acting may find us suspended a moment later), else refuse. A call
+        whose term ended before it acted goes round again, bounded by the
+        caller's deadline."""
         while True:
             if wait:
                 await self._await_term(context)
@@ -160,14 +169,18 @@ class Router(grpc.aio.ServerInterceptor):
             if leader and leader != self._term.me and not passed_on:
                 return await _forward_unary(self._leader.get(leader), method, raw, context,
                                             leader, self._term.me)
+            if method in READS:
+                await _stale_header(context)
+                return handler.response_serializer(
+                    await handler.unary_unary(_decoded(handler, raw), context))
+            if not wait:
+                wait = True
+                continue
             await errors.abort(context, errors.host_is_slave(leader))
 
     async def _run_here(self, handler, raw: bytes, context):
         """The call itself, tracked; _AGAIN if its term ended before it acted."""
-        try:
-            request = handler.request_deserializer(raw)
-        except DecodeError:
-            request = errors.UNDECODABLE
+        request = _decoded(handler, raw)
         call = CallTerm(self._deadline(context))
         token = CALL.set(call)
         try:
