@@ -140,11 +140,11 @@ def main() -> int:
             suspended = summarize(r["suspended"] for r in rows)
             failed = summarize(r["failed"] for r in rows)
             print(f"{label} {victim}: failed calls per trial {failed.median:g} "
-                  f"({failed.min:g}-{failed.max:g}), trials with none "
+                  f"({failed.low:g}-{failed.high:g}), trials with none "
                   f"{sum(r['failed'] == 0 for r in rows)}/{len(rows)}; longest call "
-                  f"{longest.median:.2f}s ({longest.min:.2f}-{longest.max:.2f}); leader "
-                  f"suspended {suspended.median:.2f}s ({suspended.min:.2f}-"
-                  f"{suspended.max:.2f}); leader kept {sum(r['kept_leader'] for r in rows)}"
+                  f"{longest.median:.2f}s ({longest.low:.2f}-{longest.high:.2f}); leader "
+                  f"suspended {suspended.median:.2f}s ({suspended.low:.2f}-"
+                  f"{suspended.high:.2f}); leader kept {sum(r['kept_leader'] for r in rows)}"
                   f"/{len(rows)}; VMs missing {sum(r['missing'] for r in rows)}; n={len(rows)}",
                   flush=True)
     print(f"end {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {load_note()}")
