@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.master.leadership import CALL, CallTerm, Gate, Term
+from xcp_control.master import etcd_client as ec
+from xcp_control.master.etcd_keys import Keys
+from xcp_control.master.leadership import CALL, CallTerm, Campaign, Gate, Term
 
 TTL = 2.0
 
@@ -256,4 +259,87 @@ def test_outside_an_api_call_the_gate_does_not_wait():
             await gate.ready()
         with pytest.raises(XcpError):
             await gate.ready(0.0)
+    asyncio.run(go())
+
+
+# -- the campaign keeps its lease through failed renewals -------------------
+
+
+class LostAnswer(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ScriptedEtcd:
+    """Grants, a winning campaign at revision 7, and keepalives answered as
+    scripted ("ok", "fail": no answer, "gone": the lease is not known); each
+    keepalive moves the fake clock on."""
+
+    def __init__(self, clock: Clock, script: list[str]) -> None:
+        self.clock, self.script, self.grants = clock, script, 0
+
+    async def grant(self, ttl, timeout=1.0):
+        self.grants += 1
+        return ec.rpc.LeaseGrantResponse(ID=self.grants, TTL=ttl)
+
+    async def txn(self, compare, success, failure=(), timeout=1.0):
+        reply = ec.rpc.TxnResponse(succeeded=True)
+        reply.header.revision = 7
+        return reply
+
+    async def range(self, key, range_end=b"", **kwargs):
+        reply = ec.rpc.RangeResponse()
+        reply.header.revision = 6
+        return reply
+
+    async def keepalive(self, lease, timeout=1.0):
+        self.clock.now += 0.05
+        outcome = self.script.pop(0) if self.script else "ok"
+        if outcome == "fail":
+            raise LostAnswer()
+        return 0 if outcome == "gone" else 2
+
+
+class CampaignStore:
+    def __init__(self, client) -> None:
+        self.client, self.keys = client, Keys.of("/pool")
+
+    def add_key_listener(self, prefix, listener) -> None:
+        pass
+
+    async def wait_revision(self, revision, timeout) -> bool:
+        return True
+
+
+def test_the_campaign_keeps_its_lease_past_its_ttl_until_etcd_says_it_is_gone():
+    """Renewals failing for longer than the lease (etcd electing a new raft
+    leader, which refreshes every lease): no new lease, no new campaign; the
+    first renewal confirmed resumes the same epoch. etcd saying the lease is
+    gone ends the term."""
+    ttl = 0.08  # seconds on the fake clock; the campaign's own pauses are ttl/4 real
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["ok", *["fail"] * 6, "ok", "ok"])
+    term = Term("m1:7000", ttl)
+    transitions: asyncio.Queue | None = None
+
+    async def go():
+        nonlocal transitions
+        transitions = asyncio.Queue()
+        term.add_listener(transitions.put_nowait)
+        ended = asyncio.Event()
+        term.add_term_listener(ended.set)
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            assert await asyncio.wait_for(transitions.get(), 2) is True  # won, epoch 7
+            assert await asyncio.wait_for(transitions.get(), 2) is False  # renewals fail
+            assert clock.now < ttl + 0.1 and term.holds
+            assert await asyncio.wait_for(transitions.get(), 2) is True  # resumed
+            assert clock.now > ttl and term.fence(clock.now) == 7 and etcd.grants == 1
+            assert not ended.is_set()
+            etcd.script.append("gone")
+            await asyncio.wait_for(ended.wait(), 2)
+            assert not term.holds
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     asyncio.run(go())
