@@ -1,7 +1,8 @@
 """Several masters on a real etcd, with real slaves (tests/support/ha.py):
 followers pass calls on (a lifecycle call, a Watch), GetPool everywhere, a
-Watch resumed across a failover, etcd losing one of three members, the whole
-etcd stopped and restarted (stale reads, HOST_IS_SLAVE writes, recovery)."""
+Watch resumed across a failover, etcd losing one of three members (its raft
+leader, the member the leader's channel uses, both) with no call failing, the
+whole etcd stopped and restarted (stale reads, HOST_IS_SLAVE writes, recovery)."""
 
 from __future__ import annotations
 
