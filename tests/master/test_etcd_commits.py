@@ -1,13 +1,15 @@
 """Group commit (master/etcd_commits.py) against a fake etcd client: queued
 jobs share one transaction, one in flight, a lone caller never waits on a free
 slot, a free slot lingers (bounded) for the callers expected back, a refused
-epoch fails every job of its transaction; and the batching rule alone, its
-clock given."""
+epoch fails every job of its transaction; the batching rule alone, its clock
+given; a write whose answer was lost (etcd's raft leader died) is retried,
+never applied twice, across a suspended term with its own epoch only."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from xcp_control.errors import XcpError
@@ -290,3 +292,145 @@ def test_a_job_queued_during_a_transaction_lingers_from_its_answer():
         return etcd
     etcd = asyncio.run(go())
     assert [len(t) for t in etcd.txns] == [3, 3, 3]
+
+
+# -- retries across etcd's raft leader lost ---------------------------------
+
+
+class Unanswered(grpc.RpcError):
+    """What a request in flight to a dying etcd raft leader ends with."""
+
+    def code(self):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class MiniEtcd:
+    """Keys with their revisions, the two compares the committer uses, and
+    faults: `lose` answers the next txns with Unanswered after applying them
+    (True) or without (False)."""
+
+    def __init__(self, epoch: int = 7) -> None:
+        self.revision = 20
+        self.kvs: dict[bytes, tuple[bytes, int, int]] = {b"/leader": (b"m1", epoch, epoch)}
+        self.lose: list[bool] = []
+        self.applied = 0
+
+    def _holds(self, c) -> bool:
+        value, create, mod = self.kvs.get(c.key, (b"", 0, 0))
+        if c.target == ec.Compare.CREATE:
+            return create == c.create_revision
+        assert c.target == ec.Compare.MOD and c.result == ec.Compare.LESS
+        return mod < c.mod_revision
+
+    async def txn(self, compare, success, failure=(), timeout=1.0):
+        ok = all(self._holds(c) for c in compare)
+        reply = ec.rpc.TxnResponse(succeeded=ok)
+        if ok:
+            self.revision += 1
+            self.applied += 1
+            for op in success:
+                put = op.request_put
+                create = self.kvs.get(put.key, (b"", self.revision, 0))[1]
+                self.kvs[put.key] = (put.value, create, self.revision)
+                reply.responses.add().response_put.SetInParent()
+        else:
+            for op in failure:
+                value, create, mod = self.kvs[op.request_range.key]
+                kv = reply.responses.add().response_range.kvs.add()
+                kv.key, kv.value = op.request_range.key, value
+                kv.create_revision, kv.mod_revision = create, mod
+        reply.header.revision = self.revision
+        if self.lose:
+            if not self.lose.pop(0):
+                self.undo(success, ok)
+            raise Unanswered()
+        return reply
+
+    def undo(self, success, ok: bool) -> None:
+        if ok:  # simpler than not applying: forget it was
+            self.revision -= 1
+            self.applied -= 1
+            for op in success:
+                self.kvs.pop(op.request_put.key)
+
+
+def test_an_unanswered_write_that_etcd_applied_is_not_applied_again():
+    async def go():
+        etcd = MiniEtcd()
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7)
+        writer.start()
+        try:
+            etcd.lose = [True]  # applied, then the answer lost with the raft leader
+            reply = await asyncio.wait_for(writer.submit(job("vm1")), 5)
+        finally:
+            await writer.close()
+        return etcd, writer, reply
+    etcd, writer, reply = asyncio.run(go())
+    assert etcd.applied == 1 and etcd.kvs[b"vm1"][2] == 21  # one revision, one event
+    assert reply.succeeded and reply.header.revision == 21  # answered as applied then
+    assert writer.recovered == 1
+
+
+def test_an_unanswered_write_that_etcd_did_not_apply_is_applied_by_the_retry():
+    async def go():
+        etcd = MiniEtcd()
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7)
+        writer.start()
+        try:
+            etcd.lose = [False, False]
+            reply = await asyncio.wait_for(writer.submit(job("vm1")), 5)
+        finally:
+            await writer.close()
+        return etcd, writer, reply
+    etcd, writer, reply = asyncio.run(go())
+    assert etcd.applied == 1 and reply.header.revision == 21 and writer.recovered == 0
+
+
+def test_a_retry_waits_for_a_suspended_term_and_keeps_its_epoch():
+    async def go():
+        etcd = MiniEtcd()
+        resumed = asyncio.Event()
+        asked: list[float | None] = []
+
+        async def ready(budget):
+            asked.append(budget)
+            if len(asked) > 2:  # the retry: the term is suspended until resumed
+                await resumed.wait()
+            return 7
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7, ready=ready)
+        writer.start()
+        try:
+            etcd.lose = [False]
+            pending = asyncio.ensure_future(writer.submit(job("vm1")))
+            while len(asked) < 3:
+                await asyncio.sleep(0)
+            assert not pending.done() and etcd.applied == 0
+            resumed.set()
+            reply = await asyncio.wait_for(pending, 5)
+        finally:
+            await writer.close()
+        return etcd, asked, reply
+    etcd, asked, reply = asyncio.run(go())
+    assert asked[0] is None  # submit: the API caller's own deadline
+    assert all(0 < b <= 5.0 for b in asked[1:])  # the committer's: its write budget
+    assert etcd.applied == 1 and reply.succeeded
+
+
+def test_a_retry_under_another_epoch_fails_rather_than_write_for_the_old_term():
+    async def go():
+        etcd = MiniEtcd()
+        epochs = iter([7, 7, 9])
+
+        async def ready(budget):
+            return next(epochs)
+        writer = GroupCommitter(etcd, b"/leader", lambda: 7, ready=ready)
+        writer.start()
+        try:
+            etcd.lose = [False]
+            with pytest.raises(XcpError) as refused:
+                await asyncio.wait_for(writer.submit(job("vm1")), 5)
+        finally:
+            await writer.close()
+        return etcd, refused.value
+    etcd, refused = asyncio.run(go())
+    assert refused.reason == "HOST_IS_SLAVE" and etcd.applied == 0

@@ -1,12 +1,19 @@
-"""Election and fencing logic (leadership.Term) with a fake clock: when a
-leader acts, when it must stop, what a non-leader answers."""
+"""Election and fencing logic (leadership.Term, Gate) with a fake clock: when a
+leader acts, when it must stop, what a non-leader answers; a suspended term
+(renewals failing for a moment) resumed with the same epoch, and the gate
+that holds the code that acts meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 
 from xcp_control.errors import XcpError
-from xcp_control.master.leadership import Term
+from xcp_control.master import etcd_client as ec
+from xcp_control.master.etcd_keys import Keys
+from xcp_control.master.leadership import CALL, CallTerm, Campaign, Gate, Term
 
 TTL = 2.0
 
@@ -104,3 +111,235 @@ def test_transitions_are_reported_once():
     for now in (0.1, 0.2, 0.3):
         term.tick(now)
     assert seen == [True]
+
+
+# -- a suspended term (etcd's raft leader lost: renewals fail for a moment) --
+
+
+def ended_counter(term: Term) -> list[int]:
+    ended: list[int] = []
+    term.add_term_listener(lambda: ended.append(1))
+    return ended
+
+
+def test_a_suspended_term_stays_ours_and_a_renewal_resumes_it_with_the_same_epoch():
+    term, seen = leading_term(now=0.0)
+    ended = ended_counter(term)
+    stop = TTL - term.margin
+    term.tick(stop)
+    assert not term.acting(stop) and term.suspended(stop) and term.holds
+    assert term.visible_leader(stop) == ""  # named to no one while not acting...
+    assert term.named_leader(stop) == "m1:7000"  # ...but GetPool still says who holds the key
+    with pytest.raises(XcpError):
+        term.fence(stop)
+    term.renewed(stop + 0.5)  # the first renewal a new etcd raft leader confirmed
+    term.tick(stop + 0.5)
+    assert term.fence(stop + 0.5) == 7
+    assert seen == [True, False, True] and ended == []
+
+
+def test_a_suspended_term_is_waited_for_only_within_its_patience():
+    term, _ = leading_term(now=0.0)
+    assert term.patience == 3 * TTL
+    assert term.suspended(term.patience - 0.01)
+    assert not term.suspended(term.patience) and term.holds  # not waited for, still ours
+    assert term.named_leader(term.patience) == ""
+    term.renewed(term.patience + 0.1)  # etcd kept the lease after all: it resumes
+    assert term.acting(term.patience + 0.2)
+
+
+def test_a_term_ends_for_term_listeners_when_the_lease_is_lost_or_another_leads():
+    term, _ = leading_term(now=0.0)
+    ended = ended_counter(term)
+    term.tick(1.9)  # suspended: not an end
+    assert ended == []
+    term.lease_lost(2.5)
+    assert ended == [1] and not term.holds and not term.suspended(2.5)
+    term.renewed(3.0)
+    term.won(epoch=9, now=3.0)
+    term.leader_seen("m2:7000", 12, now=3.1)
+    assert ended == [1, 1]
+
+
+def test_winning_a_new_epoch_ends_the_old_term():
+    term, _ = leading_term(now=0.0)
+    ended = ended_counter(term)
+    term.won(epoch=9, now=0.1)
+    assert ended == [1] and term.fence(0.1) == 9
+
+
+def test_a_follower_is_never_suspended():
+    term = Term("m2:7000", TTL)
+    term.renewed(0.0)
+    term.leader_seen("m1:7000", 7, now=0.0)
+    assert not term.suspended(1.0) and term.named_leader(1.0) == "m1:7000"
+
+
+# -- the gate: what the code that acts asks first ----------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate_at(now: float):
+    clock = Clock(now)
+    term, _ = leading_term(now=0.0)
+    term.tick(now)  # as the campaign does after each renewal, failed or not
+    return Gate(term, clock), term, clock
+
+
+def in_call(deadline: float | None, coro_fn):
+    """Run coro_fn(call) as an API call with that deadline; (result, call)."""
+    async def go():
+        call = CallTerm(deadline)
+        CALL.set(call)
+        try:
+            return await coro_fn(), call
+        except XcpError as exc:
+            return exc, call
+    return asyncio.run(go())
+
+
+def test_the_gate_passes_at_once_while_acting_and_marks_the_call():
+    gate, _, clock = gate_at(0.1)
+    epoch, call = in_call(5.0, gate.ready)
+    assert epoch == 7 and call.acted
+
+
+def test_the_gate_holds_a_call_through_a_suspension_and_lets_it_go_on_resuming():
+    gate, term, clock = gate_at(TTL)  # suspended: no renewal confirmed for a whole lease
+
+    async def go():
+        waiting = asyncio.ensure_future(gate.ready())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        clock.now = TTL + 0.4
+        term.renewed(TTL + 0.3)
+        term.tick(clock.now)
+        return await asyncio.wait_for(waiting, 1.0)
+    epoch, call = in_call(10.0, go)
+    assert epoch == 7 and call.acted
+
+
+def test_the_gate_refuses_a_waiting_call_when_the_term_ends():
+    gate, term, clock = gate_at(TTL)
+
+    async def go():
+        waiting = asyncio.ensure_future(gate.ready())
+        await asyncio.sleep(0)
+        term.lease_lost(clock.now)
+        return await asyncio.wait_for(waiting, 1.0)
+    refused, _ = in_call(10.0, go)
+    assert isinstance(refused, XcpError) and refused.reason == "HOST_IS_SLAVE"
+
+
+def test_the_gate_waits_no_longer_than_the_callers_deadline():
+    gate, term, clock = gate_at(TTL)
+
+    async def go():
+        waiting = asyncio.ensure_future(gate.ready())
+        await asyncio.sleep(0)
+        clock.now = TTL + 0.5  # the call's deadline passed (woken by its timeout)
+        return await asyncio.wait_for(waiting, 1.0)
+    refused, _ = in_call(TTL + 0.01, go)
+    assert isinstance(refused, XcpError) and refused.reason == "HOST_IS_SLAVE"
+
+
+def test_outside_an_api_call_the_gate_does_not_wait():
+    gate, _, _ = gate_at(TTL)
+
+    async def go():
+        with pytest.raises(XcpError):
+            await gate.ready()
+        with pytest.raises(XcpError):
+            await gate.ready(0.0)
+    asyncio.run(go())
+
+
+# -- the campaign keeps its lease through failed renewals -------------------
+
+
+class LostAnswer(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ScriptedEtcd:
+    """Grants, a winning campaign at revision 7, and keepalives answered as
+    scripted ("ok", "fail": no answer, "gone": the lease is not known); each
+    keepalive moves the fake clock on."""
+
+    def __init__(self, clock: Clock, script: list[str]) -> None:
+        self.clock, self.script, self.grants = clock, script, 0
+
+    async def grant(self, ttl, timeout=1.0):
+        self.grants += 1
+        return ec.rpc.LeaseGrantResponse(ID=self.grants, TTL=ttl)
+
+    async def txn(self, compare, success, failure=(), timeout=1.0):
+        reply = ec.rpc.TxnResponse(succeeded=True)
+        reply.header.revision = 7
+        return reply
+
+    async def range(self, key, range_end=b"", **kwargs):
+        reply = ec.rpc.RangeResponse()
+        reply.header.revision = 6
+        return reply
+
+    async def keepalive(self, lease, timeout=1.0):
+        self.clock.now += 0.05
+        outcome = self.script.pop(0) if self.script else "ok"
+        if outcome == "fail":
+            raise LostAnswer()
+        return 0 if outcome == "gone" else 2
+
+
+class CampaignStore:
+    def __init__(self, client) -> None:
+        self.client, self.keys = client, Keys.of("/pool")
+
+    def add_key_listener(self, prefix, listener) -> None:
+        pass
+
+    async def wait_revision(self, revision, timeout) -> bool:
+        return True
+
+
+def test_the_campaign_keeps_its_lease_past_its_ttl_until_etcd_says_it_is_gone():
+    """Renewals failing for longer than the lease (etcd electing a new raft
+    leader, which refreshes every lease): no new lease, no new campaign; the
+    first renewal confirmed resumes the same epoch. etcd saying the lease is
+    gone ends the term."""
+    ttl = 0.08  # seconds on the fake clock; the campaign's own pauses are ttl/4 real
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["ok", *["fail"] * 6, "ok", "ok"])
+    term = Term("m1:7000", ttl)
+    transitions: asyncio.Queue | None = None
+
+    async def go():
+        nonlocal transitions
+        transitions = asyncio.Queue()
+        term.add_listener(transitions.put_nowait)
+        ended = asyncio.Event()
+        term.add_term_listener(ended.set)
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            assert await asyncio.wait_for(transitions.get(), 2) is True  # won, epoch 7
+            assert await asyncio.wait_for(transitions.get(), 2) is False  # renewals fail
+            assert clock.now < ttl + 0.1 and term.holds
+            assert await asyncio.wait_for(transitions.get(), 2) is True  # resumed
+            assert clock.now > ttl and term.fence(clock.now) == 7 and etcd.grants == 1
+            assert not ended.is_set()
+            etcd.script.append("gone")
+            await asyncio.wait_for(ended.wait(), 2)
+            assert not term.holds
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -100,26 +101,30 @@ class Member:
         with _lock:
             _live.discard(self.proc)
 
+    @property
+    def client_port(self) -> int:
+        return int(self.client_url.rsplit(":", 1)[1])
+
+    def status(self, timeout: float = 2.0) -> dict | None:
+        """`etcdctl endpoint status` of this member (None if it does not answer)."""
+        result = _etcdctl(self.client_url, timeout, "endpoint", "status", "-w", "json")
+        if result.returncode != 0:
+            return None
+        return json.loads(result.stdout)[0]["Status"]
+
+    def member_id(self, timeout: float = 2.0) -> int:
+        status = self.status(timeout)
+        assert status is not None, f"{self.name} does not answer"
+        return int(status["header"]["member_id"])
+
     def is_raft_leader(self, timeout: float = 2.0) -> bool:
         """This member leads etcd's raft (etcdctl endpoint status)."""
-        result = subprocess.run(
-            [ETCDCTL_BIN, "--endpoints", self.client_url, f"--command-timeout={timeout}s",
-             "endpoint", "status", "-w", "json"],
-            capture_output=True, text=True, timeout=timeout + 5,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-        if result.returncode != 0:
-            return False
-        status = json.loads(result.stdout)[0]["Status"]
-        return status["leader"] == status["header"]["member_id"]
+        status = self.status(timeout)
+        return status is not None and status["leader"] == status["header"]["member_id"]
 
     def healthy(self, timeout: float = 2.0) -> bool:
         """A write through this member commits."""
-        result = subprocess.run(
-            [ETCDCTL_BIN, "--endpoints", self.client_url, f"--command-timeout={timeout}s",
-             "put", "/health-check", "ok"],
-            capture_output=True, text=True, timeout=timeout + 5,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-        return result.returncode == 0
+        return _etcdctl(self.client_url, timeout, "put", "/health-check", "ok").returncode == 0
 
 
 class EtcdCluster:
@@ -164,6 +169,29 @@ class EtcdCluster:
                          for m in self.members if m.log_path.exists())
         raise RuntimeError(f"etcd did not become healthy within {timeout}s\n{logs}")
 
+    def raft_leader(self) -> Member | None:
+        return next((m for m in self.members if m.running and m.is_raft_leader()), None)
+
+    def move_raft_leader(self, to: Member, timeout: float = 10.0) -> None:
+        """Make `to` etcd's raft leader (etcdctl move-leader), bounded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.raft_leader()
+            if leader is to:
+                return
+            if leader is not None:
+                _etcdctl(leader.client_url, 5.0, "move-leader", f"{to.member_id():x}")
+            else:
+                time.sleep(0.1)
+        raise RuntimeError(f"{to.name} did not become etcd's raft leader in {timeout}s")
+
+    def member_used_by(self, pid: int) -> Member | None:
+        """The member the process `pid` has a client connection open to (a
+        grpc pick_first channel holds one), None if none or several."""
+        ports = _remote_ports(pid)
+        used = [m for m in self.members if m.client_port in ports]
+        return used[0] if len(used) == 1 else None
+
     def close(self) -> None:
         for member in self.members:
             member.kill()
@@ -176,6 +204,32 @@ class EtcdCluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _etcdctl(endpoint: str, timeout: float, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ETCDCTL_BIN, "--endpoints", endpoint, f"--command-timeout={timeout}s", *args],
+        capture_output=True, text=True, timeout=timeout + 5,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+
+
+def _remote_ports(pid: int) -> set[int]:
+    """Remote ports of the established TCP connections of process `pid` (its
+    socket inodes matched against /proc/net/tcp and tcp6)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _kill_leftovers() -> None:

@@ -13,7 +13,9 @@ masters who leads (PoolService.GetPool); everything is stopped and removed by
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,7 +24,7 @@ from tests.support.daemons import MasterProcess, SlaveProcess
 from tests.support.etcd import EtcdCluster
 from tests.support.pool import host_identity, make_tls_dir
 from tests.support.processes import wait_until
-from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc
+from xcp.v1 import pool_service_pb2, pool_service_pb2_grpc, vm_service_pb2 as vs
 from xcp_control.security import pki
 
 
@@ -149,3 +151,95 @@ def elapsed_until(predicate, timeout: float, interval: float = 0.005) -> float:
     start = time.monotonic()
     wait_until(predicate, timeout, interval=interval, what="the condition")
     return time.monotonic() - start
+
+
+@dataclass
+class CallRecord:
+    """What one client of a `ClientLoad` saw."""
+
+    address: str
+    kind: str  # "create" or "read"
+    acked: list[str] = field(default_factory=list)  # VMs acknowledged (create)
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)  # "kind@address: REASON after Ns"
+    longest: float = 0.0  # seconds, the slowest call
+
+
+class ClientLoad:
+    """Clients that keep calling until stopped, each on one master and never
+    moving on: creators (CreateVM) and readers (GetVM of an acknowledged VM,
+    else ListVMs), every call with the client deadline `timeout`. For "changes
+    nothing for clients": every failure, and the slowest call, is kept."""
+
+    def __init__(self, addresses: list[str], creators: int = 1, readers: int = 1,
+                 timeout: float = 10.0, tls: pki.TlsDir | None = None,
+                 pause: float = 0.0) -> None:
+        self.timeout, self.pause, self._tls = timeout, pause, tls
+        self.records = [CallRecord(a, kind) for a in addresses
+                        for kind, n in (("create", creators), ("read", readers))
+                        for _ in range(n)]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(r,), daemon=True)
+                         for r in self.records]
+
+    @property
+    def acked(self) -> list[str]:
+        return [uuid for r in self.records for uuid in list(r.acked)]
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for r in self.records for f in list(r.failures)]
+
+    @property
+    def answered(self) -> int:
+        return sum(r.answered for r in self.records)
+
+    @property
+    def longest(self) -> float:
+        return max((r.longest for r in self.records), default=0.0)
+
+    def start(self) -> "ClientLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout + 10)
+
+    def __enter__(self) -> "ClientLoad":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self, record: CallRecord) -> None:
+        from xcp.v1 import vm_service_pb2_grpc
+        from xcp_control.errors import error_info
+
+        with contextlib.closing(sync_channel(record.address, self._tls)) as ch:
+            vms = vm_service_pb2_grpc.VMServiceStub(ch)
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    if record.kind == "create":
+                        vm = vms.CreateVM(vs.CreateVMRequest(name_label="load",
+                                                             memory=64 * 1024 * 1024, vcpus=1),
+                                          timeout=self.timeout)
+                        record.acked.append(vm.uuid)
+                    else:
+                        known = self.acked
+                        if known:
+                            vms.GetVM(vs.GetVMRequest(uuid=known[-1]), timeout=self.timeout)
+                        else:
+                            vms.ListVMs(vs.ListVMsRequest(page_size=10), timeout=self.timeout)
+                    record.answered += 1
+                except grpc.RpcError as exc:
+                    info = error_info(exc)
+                    why = info.reason if info else exc.code().name
+                    record.failures.append(f"{record.kind}@{record.address}: {why} after "
+                                           f"{time.monotonic() - started:.2f}s")
+                record.longest = max(record.longest, time.monotonic() - started)
+                if self.pause:
+                    self._stop.wait(self.pause)

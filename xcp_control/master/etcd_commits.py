@@ -37,7 +37,7 @@ import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 
@@ -110,6 +110,9 @@ class Batching:
 
 
 Fence = Callable[[], int]  # the epoch to guard writes with; raises HOST_IS_SLAVE if none
+# The same, waiting up to N seconds (None: the API caller's own deadline) while
+# the leader's term is suspended (leadership.Gate.ready).
+Ready = Callable[[float | None], Awaitable[int]]
 Applied = Callable[["ec.rpc.TxnResponse", list["Job"]], None]  # reply, the jobs it carried
 
 
@@ -134,8 +137,9 @@ class GroupCommitter:
     def __init__(self, client: ec.EtcdClient, guard_key: bytes, fence: Fence,
                  max_pending: int = 10_000, in_flight: int | None = None,
                  on_applied: Applied | None = None, batching: Batching | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, ready: Ready | None = None) -> None:
         self._client = client
+        self._ready = ready
         self._on_applied = on_applied  # told of each applied txn before its jobs answer
         self._guard_key = guard_key  # the leader key: its create revision is the epoch
         self._fence = fence
@@ -157,6 +161,14 @@ class GroupCommitter:
         self._background: set[asyncio.Task] = set()  # compactions
         self.commits = 0  # transactions etcd applied
         self.batched = 0  # jobs they carried
+        self.recovered = 0  # retries that found their first attempt applied (not redone)
+        # For retries after an unknown outcome (_retry): the highest revision
+        # etcd answered us with, transactions sent so far, and the keys of
+        # those whose outcome stayed unknown (key -> transactions sent by the
+        # time we gave up on it), until one sent after that succeeds.
+        self._high = 0
+        self._sent = 0
+        self._doubt: dict[bytes, int] = {}
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._send_loop(), name="etcd-writer")
@@ -172,9 +184,10 @@ class GroupCommitter:
 
     async def submit(self, job: Job) -> "ec.rpc.TxnResponse":
         """Queue the job; the reply once etcd applied it (a majority has it on
-        disk). HOST_IS_SLAVE at once on a master that may not write, or when
+        disk). HOST_IS_SLAVE on a master that may not write (after waiting,
+        within the caller's deadline, while its term is suspended), or when
         etcd refused our epoch or did not tell."""
-        self._fence()
+        await self._epoch(None)
         await self._slots.acquire()
         try:
             job.queued_at = self._now()
@@ -270,31 +283,99 @@ class GroupCommitter:
             if not job.future.done():
                 job.future.set_result(reply)
 
+    async def _epoch(self, budget: float | None) -> int:
+        return self._fence() if self._ready is None else await self._ready(budget)
+
     async def _txn(self, requests: list) -> "ec.rpc.TxnResponse":
         """The guarded transaction, retried while we may still act and within
         WRITE_BUDGET: a request in flight when etcd's raft leader dies hangs
         until its deadline, and the next ones fail at once until a new raft
-        leader is elected (ETCD-FACTS.md). Retrying is safe: the same puts and
-        deletes give the same state. The fence ends it when our lease lapses."""
+        leader is elected (ETCD-FACTS.md). While our term is suspended (the
+        lease not confirmed meanwhile) the retry waits for it, within the
+        budget, and goes on with the same epoch only: a term that ended, or a
+        new one, fails the write. A retry after an attempt etcd did not
+        answer is applied only if that attempt was not (`_retry`)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + WRITE_BUDGET
-        attempt = 0
-        while True:
-            epoch = self._fence()
-            attempt += 1
-            started = loop.time()
-            try:
-                return await self._client.txn([ec.create_revision_is(self._guard_key, epoch)],
-                                              requests)
-            except grpc.RpcError as exc:
-                log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt)
-            if loop.time() >= end:
-                break
-            if loop.time() - started < RETRY_PAUSE:
-                await asyncio.sleep(RETRY_PAUSE)  # refused at once: not a hot loop
+        self._sent += 1
+        number = self._sent
+        puts = [r.request_put for r in requests if r.HasField("request_put")]
+        # One of our puts whose key no unanswered transaction touched: it tells
+        # whether an unanswered attempt of this one was applied.
+        probe = next((put for put in puts if put.key not in self._doubt), None)
+        epoch = base = 0
+        attempt, unsure = 0, False
+        try:
+            while True:
+                now_epoch = await self._epoch(max(end - loop.time(), 0.0))
+                if attempt and now_epoch != epoch:
+                    break  # another term (even ours): the write belonged to the last one
+                epoch = now_epoch
+                if not attempt:
+                    # Every key's last write is at most this: ours were answered,
+                    # an earlier leader's came before our epoch began.
+                    base = max(self._high, epoch)
+                attempt += 1
+                started = loop.time()
+                guard = ec.create_revision_is(self._guard_key, epoch)
+                try:
+                    if unsure and probe is not None:
+                        reply = await self._retry(guard, epoch, probe, base, requests)
+                    else:
+                        reply = await self._client.txn([guard], requests)
+                except grpc.RpcError as exc:
+                    unsure = True  # it may have been applied all the same
+                    log.warning("etcd write failed (%s), attempt %d", exc.code(), attempt)
+                else:
+                    if reply.succeeded:
+                        self._high = max(self._high, reply.header.revision)
+                        # Unanswered ones that ended before this one began were
+                        # applied before it if at all: their keys are plain again.
+                        self._doubt = {k: n for k, n in self._doubt.items() if n >= number}
+                        unsure = False
+                    return reply  # refused: another term (an unanswered try stays unsure)
+                if loop.time() >= end:
+                    break
+                if loop.time() - started < RETRY_PAUSE:
+                    await asyncio.sleep(RETRY_PAUSE)  # refused at once: not a hot loop
+        finally:
+            if unsure:  # given up on (or cancelled) with its outcome unknown
+                for key in {r.request_put.key if r.HasField("request_put")
+                            else r.request_delete_range.key for r in requests}:
+                    self._doubt[key] = self._sent  # marked before those numbered above
         # Unknown outcome: the caller is not told it is durable. The watch
         # brings the value in if etcd applied it after all.
         raise errors.host_is_slave("")
+
+    async def _retry(self, guard, epoch: int, probe, base: int,
+                     requests: list) -> "ec.rpc.TxnResponse":
+        """A retry after an unanswered attempt: applied only while the probe
+        key (one of our puts) was last written no later than `base` (no later
+        than the revision etcd last answered us before the first attempt), so
+        that nothing is applied twice (no second revision, no second event).
+        Otherwise the first attempt was applied: its revision, as if etcd had
+        answered it then."""
+        unchanged = ec.Compare(key=probe.key, result=ec.Compare.LESS, target=ec.Compare.MOD,
+                               mod_revision=base + 1)
+        reply = await self._client.txn([guard, unchanged], requests,
+                                       [ec.get_op(self._guard_key), ec.get_op(probe.key)])
+        if reply.succeeded:
+            return reply
+        leader = reply.responses[0].response_range.kvs
+        if not leader or leader[0].create_revision != epoch:
+            return reply  # refused: another term
+        kv = reply.responses[1].response_range.kvs[0]
+        if kv.value != probe.value:  # not ours: tell nothing we do not know
+            log.error("etcd key %r changed under a write in flight", probe.key)
+            raise errors.host_is_slave("")
+        self.recovered += 1
+        log.info("an unanswered etcd write had been applied at revision %d", kv.mod_revision)
+        return ec.rpc.TxnResponse(
+            header=ec.rpc.ResponseHeader(revision=kv.mod_revision), succeeded=True,
+            responses=[ec.rpc.ResponseOp(response_put=ec.rpc.PutResponse())
+                       if r.HasField("request_put") else
+                       ec.rpc.ResponseOp(response_delete_range=ec.rpc.DeleteRangeResponse())
+                       for r in requests])
 
     def _compact(self, revision: int) -> None:
         """Drop etcd's history older than `revision` (it grows without bound

@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import grpc
 
 from xcp_control.master import etcd_client as ec
-from xcp_control.master.etcd_commits import Fence, GroupCommitter, Job
+from xcp_control.master.etcd_commits import Fence, GroupCommitter, Job, Ready
 from xcp_control.master.etcd_keys import Keys
 from xcp_control.model import copy
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
@@ -60,7 +60,8 @@ class EtcdStore(MemoryBackedStore):
     """Memory for reads on every master; etcd, fenced by the epoch, for writes."""
 
     def __init__(self, client: ec.EtcdClient, prefix: str, fence: Fence,
-                 change_log_size: int = 100_000, max_pending_writes: int = 10_000) -> None:
+                 change_log_size: int = 100_000, max_pending_writes: int = 10_000,
+                 ready: Ready | None = None) -> None:
         self.client = client
         self.keys = Keys.of(prefix)
         self._memory = WorkingCopy()
@@ -73,7 +74,7 @@ class EtcdStore(MemoryBackedStore):
         self._recent: OrderedDict[int, dict[bytes, Change]] = OrderedDict()
         self._db_id = ""
         self._writer = GroupCommitter(client, self.keys.leader, fence, max_pending_writes,
-                                      on_applied=self._applied)
+                                      on_applied=self._applied, ready=ready)
         self._tasks: list[asyncio.Task] = []
         self.watch_ok = False  # False while the watch is down: reads may be stale
         self.applied_at_once = 0  # our transactions applied from etcd's answer, not the watch

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import Message
@@ -128,11 +128,15 @@ class Forwarder:
     def __init__(self, store: Store, liveness: Liveness, contact_timeout: float,
                  clock: Callable[[], float],
                  credentials: grpc.ChannelCredentials | None = None,
-                 fence: Callable[[], int] | None = None) -> None:
+                 fence: Callable[[], int] | None = None,
+                 ready: Callable[[float | None], Awaitable[int]] | None = None) -> None:
         self._store = store
         # Several masters: our epoch for every call (HOST_IS_SLAVE while we may
-        # not act), so a deposed leader sends no slave command at all.
+        # not act), so a deposed leader sends no slave command at all; `ready`
+        # waits for it, within the caller's deadline, while the term is only
+        # suspended (leadership.Gate).
         self._fence = fence
+        self._ready = ready
         self._liveness = liveness
         self._contact_timeout = contact_timeout
         self._clock = clock
@@ -170,8 +174,11 @@ class Forwarder:
 
     async def _call(self, host: str, method: str, request: Message, operation: str,
                     timeout: float, budget: float | None) -> Message:
-        if self._fence is not None:
-            self._fence()  # a master that may not act sends nothing (HOST_IS_SLAVE)
+        waited = self._clock()
+        await self._epoch()  # a master that may not act sends nothing (HOST_IS_SLAVE)
+        waited = self._clock() - waited  # a suspended term waited for: less time left
+        timeout -= waited
+        budget = None if budget is None else budget - waited
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
         deadline = timeout if budget is None else min(timeout, budget - DEADLINE_MARGIN)
@@ -203,9 +210,17 @@ class Forwarder:
             deadline -= await self._connect(peer.channel, min(self._contact_timeout, deadline))
         # The epoch is read after connecting: a term that ended while we
         # waited for the transport sends nothing.
-        metadata = ((EPOCH_HEADER, str(self._fence())),) if self._fence is not None else None
+        waited = self._clock()
+        epoch = await self._epoch()
+        deadline -= self._clock() - waited
+        metadata = ((EPOCH_HEADER, str(epoch)),) if epoch is not None else None
         return await getattr(peer.stub, method)(request, timeout=max(deadline, 0.001),
                                                 metadata=metadata)
+
+    async def _epoch(self) -> int | None:
+        if self._ready is not None:
+            return await self._ready(None)
+        return self._fence() if self._fence is not None else None
 
     async def _connect(self, channel: grpc.aio.Channel, budget: float) -> float:
         """Wait for a transport, at most `budget`; a refusal fails at once.

@@ -3,9 +3,10 @@
 `HaNode` holds the etcd store, the election (`Term`, `Campaign`) and the
 router that passes calls on to the leader. The master asks it three things:
 the store to use, the fence (the epoch, or HOST_IS_SLAVE) for writes, slave
-calls and heartbeat answers, and to be told when this master starts or stops
-acting as leader. Without `--etcd` none of this exists and the master is the
-single master it always was.
+calls and heartbeat answers (`ready`: the same, waiting within the caller's
+deadline while the term is suspended, leadership.Gate), and to be told when
+this master starts or stops acting as leader. Without `--etcd` none of this
+exists and the master is the single master it always was.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 
 from xcp_control.master.etcd_client import EtcdClient
 from xcp_control.master.etcd_store import EtcdStore
-from xcp_control.master.leadership import Campaign, Term, TransitionListener
+from xcp_control.master.leadership import Campaign, Gate, Term, TransitionListener
 from xcp_control.master.routing import LeaderChannel, Router
 from xcp_control.settings import MasterSettings
 from xcp.v1 import datamodel_pb2 as dm
@@ -39,9 +40,10 @@ class HaNode:
                  channel_credentials=None) -> None:
         self._clock = clock
         self.term = Term(me="", ttl=settings.lease_ttl)
+        self.gate = Gate(self.term, clock)
         self.etcd = EtcdClient(settings.etcd)
         self.store = EtcdStore(self.etcd, settings.etcd_prefix, self.fence,
-                               change_log_size=settings.change_log_size)
+                               change_log_size=settings.change_log_size, ready=self.ready)
         self._leader_channel = LeaderChannel(channel_credentials, _PASS_ON_OPTIONS)
         self.router = Router(self.term, clock, self._leader_channel)
         self._campaign: Campaign | None = None
@@ -55,6 +57,10 @@ class HaNode:
     def fence(self) -> int:
         """The epoch to act with; HOST_IS_SLAVE while this master may not act."""
         return self.term.fence(self._clock())
+
+    async def ready(self, budget: float | None = None) -> int:
+        """The epoch to act with, waiting (bounded) while the term is suspended."""
+        return await self.gate.ready(budget)
 
     def acting(self) -> bool:
         return self.term.acting(self._clock())
@@ -77,7 +83,7 @@ class HaNode:
         self.term.tick(self._clock())
 
     def describe(self, pool: dm.Pool) -> None:
-        pool.master = self.term.visible_leader(self._clock())
+        pool.master = self.term.named_leader(self._clock())
         pool.epoch = self.term.epoch if pool.master else 0
         pool.masters.extend(sorted(self.term.masters))
 

@@ -10,16 +10,32 @@ expire its lease and elect another; a leader SIGSTOPped past its lease finds
 its clock moved on when resumed and refuses at once (and etcd refuses its
 epoch-guarded writes anyway).
 
-`Campaign` does the etcd side: a lease renewed every ttl/4, a campaign
-transaction on the leader key (`Compare(CreateRevision(key) == 0)` then a put
-on the lease), epoch = the key's create revision, a watch (the store's) that
-wakes the campaign when the key goes.
+A leader that stops acting has not necessarily lost its term: when etcd's
+raft leader dies, renewals fail for 1.3-2.7 s (ETCD-FACTS.md) and the new
+raft leader refreshes every lease, so the next renewal confirmed resumes the
+same term, same epoch. While the term is *suspended* (still ours, not
+acting, a renewal sent less than `patience` ago), the code that acts waits
+for it (`Gate.ready`, bounded by the caller's deadline) instead of failing;
+nothing is written or sent meanwhile. The term *ends* when etcd says the
+lease is gone, another leader is seen, or the key goes: term listeners hear
+it (routing then passes calls that never acted on to the new leader).
+
+`Campaign` does the etcd side: a lease renewed every ttl/4 (retried at once,
+with a short deadline, when a renewal fails: a request in flight to a dying
+etcd member hangs until its deadline), kept until etcd says it is gone (our
+clock running past it proves nothing: etcd may have refreshed it), a
+campaign transaction on the leader key (`Compare(CreateRevision(key) == 0)`
+then a put on the lease), epoch = the key's create revision, a watch (the
+store's) that wakes the campaign when the key goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Callable
 
 import grpc
@@ -30,26 +46,43 @@ from xcp_control.master import etcd_client as ec
 log = logging.getLogger(__name__)
 
 TransitionListener = Callable[[bool], None]  # True: this master now acts as leader
+TermListener = Callable[[], None]  # the term this master held ended
+# A suspended term is waited for while its last confirmed renewal was sent
+# less than this many leases ago: etcd's writes stay unavailable for up to
+# 2.7 s when its raft leader dies, plus a renewal period (ETCD-FACTS.md).
+PATIENCE_LEASES = 3.0
+RENEW_RETRY = 0.05  # seconds between a failed lease renewal and the next try
 
 
 class Term:
     """Who leads and whether this master acts; plain logic."""
 
-    def __init__(self, me: str, ttl: float, margin: float | None = None) -> None:
+    def __init__(self, me: str, ttl: float, margin: float | None = None,
+                 patience: float | None = None) -> None:
         self.me = me  # this master's advertised API address
         self.ttl = ttl
         self.margin = ttl / 4 if margin is None else margin
+        self.patience = PATIENCE_LEASES * ttl if patience is None else patience
         self.leader = ""  # API address of the leader as last seen in etcd; "" none
         self.epoch = 0  # that leader's epoch
         self.masters: set[str] = set()
         self._mine = 0  # our epoch while we won and have caught up; 0 otherwise
         self._renewed_at: float | None = None  # send time of the last confirmed renewal
         self._acting = False
+        self._held = 0  # the epoch listeners were last told we hold (0: none)
         self._listeners: list[TransitionListener] = []
+        self._term_listeners: list[TermListener] = []
         self.elections_won = 0  # campaigns this master won (a metric, read at scrape time)
 
     def add_listener(self, listener: TransitionListener) -> None:
+        """listener(acting) whenever this master starts or stops acting
+        (a suspension stops it too)."""
         self._listeners.append(listener)
+
+    def add_term_listener(self, listener: TermListener) -> None:
+        """listener() when a term this master held ends for good (not when
+        it is only suspended)."""
+        self._term_listeners.append(listener)
 
     # -- facts from etcd ------------------------------------------------------
 
@@ -92,6 +125,29 @@ class Term:
     def acting(self, now: float) -> bool:
         return bool(self._mine) and self.lease_alive(now)
 
+    @property
+    def holds(self) -> bool:
+        """We won a term that has not ended (acting or suspended)."""
+        return bool(self._mine)
+
+    def suspended(self, now: float) -> bool:
+        """Our term, not acting, and worth waiting for: a renewal confirmed
+        now would resume it (etcd may well still hold the lease)."""
+        return (bool(self._mine) and not self.lease_alive(now)
+                and self._renewed_at is not None and now < self.resumable_until)
+
+    @property
+    def resumable_until(self) -> float:
+        """Until when a suspended term is waited for (see `suspended`)."""
+        return -math.inf if self._renewed_at is None else self._renewed_at + self.patience
+
+    def named_leader(self, now: float) -> str:
+        """The leader to tell clients asking who leads (GetPool): ourselves
+        while suspended too (our key is in etcd; no one else can lead)."""
+        if self.leader == self.me and self.suspended(now):
+            return self.me
+        return self.visible_leader(now)
+
     def visible_leader(self, now: float) -> str:
         """The leader to name to others: never ourselves while we do not act
         (our key may outlive our certainty; then, as far as we can tell, no
@@ -117,6 +173,71 @@ class Term:
                         else "stopped acting as leader")
             for listener in self._listeners:
                 listener(acting)
+        if self._held and self._mine != self._held:
+            log.warning("the term of epoch %d ended", self._held)
+            self._held = 0
+            for term_listener in self._term_listeners:
+                term_listener()
+        if acting:
+            self._held = self._mine
+
+
+@dataclass
+class CallTerm:
+    """One API call's part in a term (set by routing around the call)."""
+
+    deadline: float | None  # monotonic time by which it must answer; None: no deadline
+    acted: bool = False  # it passed the gate: it may have reached etcd or a slave
+
+
+CALL: ContextVar[CallTerm | None] = ContextVar("xcp_call_term", default=None)
+
+
+class Gate:
+    """What the code that acts (etcd writes, slave calls) asks first: the
+    epoch, at once while acting; while the term is suspended, after waiting
+    (bounded) for a renewal to resume it; HOST_IS_SLAVE otherwise."""
+
+    def __init__(self, term: Term, clock: Callable[[], float]) -> None:
+        self._term, self._clock = term, clock
+        self._changed = asyncio.Event()
+        term.add_listener(lambda acting: self._wake())
+        term.add_term_listener(self._wake)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def fence(self) -> int:
+        """The epoch now, or HOST_IS_SLAVE (no waiting)."""
+        return self._term.fence(self._clock())
+
+    async def ready(self, budget: float | None = None) -> int:
+        """The epoch, waiting at most `budget` seconds for a suspended term
+        to resume (None: until the current API call's deadline; no wait
+        outside an API call). A call that passes is marked as having acted."""
+        call = CALL.get()
+        now = self._clock()
+        if budget is not None:
+            end = now + budget
+        elif call is None:
+            end = now
+        else:
+            end = math.inf if call.deadline is None else call.deadline
+        while True:
+            now = self._clock()
+            term = self._term
+            if term.acting(now) or not term.suspended(now) or now >= end:
+                epoch = term.fence(now)  # HOST_IS_SLAVE unless acting
+                if call is not None:
+                    call.acted = True
+                return epoch
+            changed = self._changed
+            try:
+                async with asyncio.timeout(min(end, term.resumable_until) - now):
+                    await changed.wait()
+            except TimeoutError:
+                pass
 
 
 class Campaign:
@@ -182,30 +303,43 @@ class Campaign:
             self._term.leader_gone(self._clock())
 
     async def _hold(self) -> None:
-        """Renew every ttl/4; campaign whenever the leader key is absent."""
+        """Renew every ttl/4; campaign whenever the leader key is absent.
+
+        A renewal that fails is tried again at once (after RENEW_RETRY), each
+        try with a deadline of ttl/4: a request in flight to a dying etcd
+        member hangs until its deadline, the channel moves to another member,
+        and the first renewal a new raft leader confirms resumes the term.
+        The lease is kept until etcd itself says it is gone: our clock running
+        past it proves nothing (a new raft leader refreshes every lease to its
+        full TTL), and while it is not confirmed this master does not act."""
         period = self._term.ttl / 4
+        failing_since: float | None = None
         while True:
             if not self._term.leader:
                 await self._campaign()
             self._wake.clear()
+            pause = period if failing_since is None else RENEW_RETRY
             try:
-                await asyncio.wait_for(self._wake.wait(), period)
+                await asyncio.wait_for(self._wake.wait(), pause)
             except asyncio.TimeoutError:
                 pass
             sent = self._clock()
             try:
-                left = await self._client.keepalive(self._lease, timeout=2 * period)
+                left = await self._client.keepalive(self._lease, timeout=period)
             except grpc.RpcError as exc:
-                log.info("lease renewal failed (%s)", exc.code())
+                if failing_since is None:  # once per outage, not twenty times a second
+                    log.info("lease renewal failed (%s); retrying", exc.code())
+                    failing_since = sent
                 self._term.tick(self._clock())
-                if self._term.lease_expired(self._clock()):
-                    self._abandon()
-                    return
                 continue
             if left <= 0:
                 log.warning("etcd dropped our lease")
                 self._abandon()
                 return
+            if failing_since is not None:
+                log.info("lease renewed again, %.2fs after sending the first renewal that failed",
+                         self._clock() - failing_since)
+            failing_since = None
             self._term.renewed(sent)
             self._term.tick(self._clock())
 

@@ -1,8 +1,14 @@
 """Which master answers a call, with several masters on etcd: the one place.
 
 - On the acting leader, a call runs here; it is tracked, so that when the
-  leader stops acting every call in flight fails at once with HOST_IS_SLAVE
-  (naming the new leader when known) rather than finishing on a deposed term.
+  leader's term ends every call in flight stops at once rather than finishing
+  on a deposed term: one that never acted (no etcd write queued, no slave
+  called: `leadership.CallTerm.acted`) goes round again, as if it had just
+  arrived (so it is passed on to the new leader), the others fail with
+  HOST_IS_SLAVE naming the new leader when known. A term only *suspended*
+  (renewals failing for a moment, e.g. while etcd elects a new raft leader)
+  stops nothing: the calls wait at the gate (leadership.Gate), within their
+  deadlines, and go on with the same epoch once a renewal is confirmed.
 - On a follower that knows the leader, the call is passed on to it as raw
   bytes (any method, unary or server-streaming, Watch included) within the
   caller's own deadline, with its metadata; the leader's answer, error
@@ -10,7 +16,10 @@
   passed on again (no loops while masters disagree for a moment).
 - With no leader: reads (Get*/List*) are answered from the warm copy with
   the response header `xcp-stale: true` (they may lag the pool's last
-  writes); everything else gets HOST_IS_SLAVE with an empty `master`.
+  writes); a write waits a moment for a term (ours resumed, or another
+  leader), then runs or is passed on; else HOST_IS_SLAVE with an empty
+  `master`. A Watch is served by a leader whose term is suspended (from its
+  copy), refused elsewhere.
 
 Served by every master itself: PoolService.GetPool (who leads), LivenessService
 (a follower answers the Hello with HOST_IS_SLAVE naming the leader), health
@@ -27,7 +36,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from xcp_control import errors
-from xcp_control.master.leadership import Term
+from xcp_control.master.leadership import CALL, CallTerm, Term
 from xcp_control.rpc.channels import open_channel
 from xcp_control.security import auth
 from xcp_control.security.pki import MASTER_NAME
@@ -56,6 +65,13 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _decoded(handler, raw: bytes):
+    try:
+        return handler.request_deserializer(raw)
+    except DecodeError:
+        return errors.UNDECODABLE
+
+
 class LeaderChannel:
     """One channel to the current leader, replaced when the leader changes."""
 
@@ -77,6 +93,9 @@ class LeaderChannel:
             await self._channel.close()
 
 
+_AGAIN = object()  # a call deposed before it acted: route it again
+
+
 class Router(grpc.aio.ServerInterceptor):
     """Runs a call here, passes it on to the leader, or refuses it."""
 
@@ -84,48 +103,107 @@ class Router(grpc.aio.ServerInterceptor):
         self._term, self._clock, self._leader = term, clock, leader
         self._in_flight: set[asyncio.Task] = set()
         self._deposed: set[asyncio.Task] = set()
-        term.add_listener(self._on_transition)
+        term.add_term_listener(self._on_term_end)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         method = details.method
-        if handler is None or method.startswith(LOCAL_SERVICES):
+        if handler is None or method.startswith(LOCAL_SERVICES) or handler.request_streaming:
             return handler
-        if self._term.acting(self._clock()):
-            return _rewrap(handler, self._tracked)
+        now = self._clock()
         passed_on = any(k == PASSED_ON for k, _ in details.invocation_metadata or ())
-        leader = self._term.visible_leader(self._clock())
+        if self._term.acting(now):
+            return self._here(handler, method, passed_on)
+        leader = self._term.visible_leader(now)
         if leader and leader != self._term.me and not passed_on:
             return self._pass_on(handler, method, leader)
         if method in READS:
             return _rewrap(handler, _stale)
         if not handler.response_streaming:
             return self._deferred(handler, method, passed_on)
+        if self._term.suspended(now):
+            return _rewrap(handler, self._tracked)  # a Watch: our copy serves it
         return _rewrap(handler, self._refuse)
+
+    # -- on the leader ----------------------------------------------------------
+
+    def _here(self, handler, method: str, passed_on: bool):
+        if handler.response_streaming:
+            return _rewrap(handler, self._tracked)
+
+        async def unary(raw: bytes, context):
+            return await self._route(handler, method, raw, context, passed_on, wait=False)
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_identity, response_serializer=_identity)
 
     # -- while no one leads: wait a moment for the election ---------------------
 
     def _deferred(self, handler, method: str, passed_on: bool):
-        """A write while no leader is visible: wait, within the caller's
-        deadline and at most AWAIT_LEASES leases, for a term to begin (an
-        election, or our own lease confirmed again after an etcd hiccup),
-        then run it here, pass it on, or refuse it (HOST_IS_SLAVE)."""
+        """A write while no leader is visible (or our term is suspended):
+        wait, within the caller's deadline and at most AWAIT_LEASES leases,
+        for a term (an election, or our own lease confirmed again after an
+        etcd hiccup), then run it here, pass it on, or refuse it."""
         async def unary(raw: bytes, context):
-            await self._await_term(context)
-            if self._term.acting(self._clock()):
-                try:
-                    request = handler.request_deserializer(raw)
-                except DecodeError:
-                    request = errors.UNDECODABLE
-                run = self._tracked(handler.unary_unary, False)
-                return handler.response_serializer(await run(request, context))
-            leader = self._term.visible_leader(self._clock())
+            return await self._route(handler, method, raw, context, passed_on, wait=True)
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=_identity, response_serializer=_identity)
+
+    async def _route(self, handler, method: str, raw: bytes, context, passed_on: bool,
+                     wait: bool) -> bytes:
+        """Run here while acting, else pass on to the leader, else answer a
+        read from our copy, else wait for a term once (a call that found us
+        acting may find us suspended a moment later), else refuse. A call
+        whose term ended before it acted goes round again, bounded by the
+        caller's deadline."""
+        while True:
+            if wait:
+                await self._await_term(context)
+            now = self._clock()
+            if self._term.acting(now):
+                answer = await self._run_here(handler, raw, context)
+                if answer is not _AGAIN:
+                    return answer
+                wait = True
+                continue
+            leader = self._term.visible_leader(now)
             if leader and leader != self._term.me and not passed_on:
                 return await _forward_unary(self._leader.get(leader), method, raw, context,
                                             leader, self._term.me)
+            if method in READS:
+                await _stale_header(context)
+                return handler.response_serializer(
+                    await handler.unary_unary(_decoded(handler, raw), context))
+            if not wait:
+                wait = True
+                continue
             await errors.abort(context, errors.host_is_slave(leader))
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=_identity, response_serializer=_identity)
+
+    async def _run_here(self, handler, raw: bytes, context):
+        """The call itself, tracked; _AGAIN if its term ended before it acted."""
+        request = _decoded(handler, raw)
+        call = CallTerm(self._deadline(context))
+        token = CALL.set(call)
+        try:
+            with self._tracking(context) as task:
+                try:
+                    response = await handler.unary_unary(request, context)
+                except asyncio.CancelledError:
+                    if task not in self._deposed:
+                        raise
+                    self._deposed.discard(task)
+                    task.uncancel()
+                    if not call.acted:
+                        return _AGAIN
+                    await errors.abort(context, errors.host_is_slave(
+                        self._term.visible_leader(self._clock())))
+        finally:
+            CALL.reset(token)
+        return handler.response_serializer(response)
+
+    def _deadline(self, context) -> float | None:
+        """When the call must be answered by, on our clock (a margin kept)."""
+        remaining = context.time_remaining()
+        return None if remaining is None else self._clock() + remaining - ANSWER_MARGIN
 
     async def _await_term(self, context) -> None:
         remaining = context.time_remaining()
@@ -140,26 +218,14 @@ class Router(grpc.aio.ServerInterceptor):
                 return
             await asyncio.sleep(0.02)
 
-    # -- on the leader ----------------------------------------------------------
-
-    def _on_transition(self, acting: bool) -> None:
-        if acting:
-            return
+    def _on_term_end(self) -> None:
         for task in list(self._in_flight):
             self._deposed.add(task)
             task.cancel()
 
     def _tracked(self, behavior, streaming: bool):
-        if not streaming:
-            async def run(request, context):
-                with self._tracking(context) as task:
-                    try:
-                        return await behavior(request, context)
-                    except asyncio.CancelledError:
-                        await self._deposed_abort(task, context)
-                        raise
-            return run
-
+        """A server-streaming call (Watch) run here: refused with HOST_IS_SLAVE
+        when the term ends (the client resumes it elsewhere with its token)."""
         async def run_stream(request, context):
             with self._tracking(context) as task:
                 try:

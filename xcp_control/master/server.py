@@ -144,7 +144,8 @@ class Master:
                                           report_interval=s.report_interval)
         self.forwarder = Forwarder(self.store, self.liveness, s.contact_timeout, self.clock,
                                    credentials=sec.channel_credentials,
-                                   fence=self.ha.fence if self.ha else None)
+                                   fence=self.ha.fence if self.ha else None,
+                                   ready=self.ha.ready if self.ha else None)
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         # The leader notices a silent host at most dead_after after its last packet.
         self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
@@ -225,8 +226,13 @@ class Master:
         return [self.ha.router] if self.ha else []
 
     def _on_leading(self, acting: bool) -> None:
-        """This master starts or stops acting as the pool's leader. Calls in
-        flight are failed by the router (routing.py), which listens too."""
+        """This master starts or stops acting as the pool's leader (stopping
+        may be only a suspension: etcd's raft leader lost, renewals failing
+        for a moment). The host side stops either way: an open heartbeat
+        stream acknowledges its host (the slave's fence lease), and a master
+        that is not sure of its lease acknowledges nothing; slaves are called
+        back when it resumes. API calls in flight are the router's
+        (routing.py): they wait out a suspension and stop when the term ends."""
         if acting:
             # A new leader gives every host the startup grace: a failover
             # marks no live host dead.
