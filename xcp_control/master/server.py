@@ -148,7 +148,9 @@ class Master:
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         # The leader notices a silent host at most dead_after after its last packet.
         self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
-                                     transport_bound=3 * max(s.heartbeat_interval, 0.5))
+                                     transport_bound=3 * max(s.heartbeat_interval, 0.5),
+                                     acting=(lambda: self.ha.acting()) if self.ha
+                                     else (lambda: True))
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.quorum_proof = QuorumProof(self.liveness)
         self.restarter = Restarter(
@@ -156,7 +158,8 @@ class Master:
             detect_bound=s.dead_after, clock=self.clock,
             proof=self.quorum_proof,
             transport_bound=self.ha_config.transport_bound,
-            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
+            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True),
+            may_hold=self.ha_config.may_hold, armed=self.ha_config.armed)
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains, self.clock)
         # Several masters: a new leader calls its hosts over (announce.py).
@@ -232,6 +235,7 @@ class Master:
             # marks no live host dead.
             self.liveness.restore(self._stored_liveness(), self.clock())
             self.sessions.reopen()
+            self.ha_config.lead()  # what the hosts hold, as the last leader recorded it
             self.restarter.lead()
             self.announcer.start()
         else:

@@ -185,6 +185,8 @@ class SelfFencing:
 def peer_asker(credentials: grpc.ChannelCredentials | None) -> AskPeers:
     """PeerStatus on every peer at once, each within PEER_DEADLINE (ask_liveset)."""
     async def ask_one(uuid: str, address: str) -> bool | None:  # None: not reached
+        if not address:  # a witness the leader knows no address of: unreachable
+            return None
         try:
             async with open_channel(address, [], credentials, host_dns_name(uuid)) as channel:
                 answer = await pb_grpc.SlaveServiceStub(channel).PeerStatus(

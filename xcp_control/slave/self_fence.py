@@ -36,7 +36,11 @@ class HaConfig:
     fence_after: float = 10.0  # seconds without acknowledgement before self-fencing
     detect_bound: float = 3.0  # the leader's PING interval + timeout: how late it may notice
     epoch: int = 0  # the leader's epoch the config came with
-    peers: tuple[tuple[str, str], ...] = ()  # (uuid, SlaveService address) of the other hosts
+    # (uuid, SlaveService address) of the host's witnesses (master/ha_witness.py):
+    # the liveset rule needs a strict majority of this list.
+    peers: tuple[tuple[str, str], ...] = ()
+    generation: int = 0  # the Pool.ha_generation it belongs to, with HA on
+    witness_version: int = 0  # the version of `peers` (0: none)
 
 
 class Verdict(enum.Enum):
