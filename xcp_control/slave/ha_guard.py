@@ -113,7 +113,15 @@ class SelfFencing:
                      "enabled" if config.enabled else "disabled", config.fence_after,
                      config.detect_bound, len(config.peers))
         now = self._clock()
-        if now >= self._hold_until:
+        # HA switched on (a new generation): the lease starts now, even within
+        # the hold after a gap (a config read from a stale stream's buffer is
+        # no fresh acknowledgement): the leader counts this host only once it
+        # has acknowledged this generation (armed, master/ha_config.py), so from
+        # a loss after this moment. Counting from an acknowledgement taken
+        # while HA was off would fence at once, for nothing.
+        newly_on = config.enabled and (not before.enabled
+                                       or config.generation != before.generation)
+        if now >= self._hold_until or newly_on:
             self.lease.configure(config, now)  # receiving it is an acknowledgement
         else:
             self.lease.config = config
