@@ -154,6 +154,12 @@ def test_lists_stay_at_k_and_a_join_changes_only_the_newcomer(tmp_path):
         assert {h: rig.ha.may_hold(h) for h in pool} == lists  # full lists: unchanged
         # Nothing written but the newcomer's own record, nothing sent but its answer.
         assert (rig.ha.writes, len(rig.pushed)) == (writes, pushed + 1)
+        # A host's other fields changing (not its address) sends nobody anything.
+        disabled = copy(rig.record(pool[0]))
+        disabled.enabled = False
+        await world.store.put(disabled)
+        await rig.ha.settled()
+        assert len(rig.pushed) == pushed + 1
     run(body, tmp_path)
 
 

@@ -98,6 +98,7 @@ class HaAnnouncer:
         self._ring: Ring | None = None
         self._state: dict[str, Witnesses] = {}
         self._witness_of: dict[str, set[str]] = {}  # h -> hosts whose lists hold h
+        self._address: dict[str, str] = {}  # host -> its SlaveService address, as last seen
         self._short: set[str] = set()  # hosts whose newest list is below K
         self._held: dict[str, int] = {}  # host -> list version its current stream holds
         self._sent: dict[str, int] = {}  # host -> list version sent on its current stream
@@ -139,6 +140,7 @@ class HaAnnouncer:
         if self._ring is None:
             hosts = self._store.list("host")
             self._ring = Ring(h.uuid for h in hosts if h.address)
+            self._address = {h.uuid: h.address for h in hosts}
             self._state, self._witness_of, self._short = {}, {}, set()
             for h in hosts:
                 self._set(h.uuid, Witnesses.of(h))
@@ -287,7 +289,10 @@ class HaAnnouncer:
             if c.class_name != "host":
                 continue
             host, address = c.uuid, ("" if c.op == "del" else c.obj.address)
+            moved = self._address.get(host, "") not in ("", address)
+            self._address[host] = address
             if c.op == "del":
+                self._address.pop(host, None)
                 self._set(host, Witnesses())
                 self._state.pop(host, None)
                 self._short.discard(host)
@@ -300,7 +305,7 @@ class HaAnnouncer:
                     self._dirty.add(host)
             elif not address and self._ring.remove(host):
                 self._dirty |= self._witness_of.get(host, set())  # replace it
-            elif address and c.op == "mod":
+            elif address and moved:
                 # It moved: the hosts holding it get its new address (same version).
                 for holder in self._witness_of.get(host, set()):
                     if self._sent.get(holder) == self._state[holder].latest[0]:

@@ -10,8 +10,9 @@ heartbeat stream, checked every tick and before every SlaveService call.
    transport_bound, the time the transport takes to notice (its keepalive
    time plus timeout), so a resumed slave never renews its lease on a stream
    that is in fact dead.
-2. When the lease ran out: the liveset rule. Ask every peer (PeerStatus,
-   short deadline) whether it hears the leader; a majority reached and none
+2. When the lease ran out: the liveset rule. Ask every peer of our witness
+   list (PeerStatus, short deadline; at most 32: master/ha_witness.py)
+   whether it hears the leader; a majority reached and none
    hearing it means the master tier is down, not us: keep the domains and
    ask again one hold_extension later (xcp_control/lease.py). Otherwise fence:
    refuse domain operations at once, destroy every domain, log it loudly;

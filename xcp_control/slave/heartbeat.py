@@ -16,6 +16,13 @@ reconnect_cap when the master cannot be reached, growing up to 5 minutes when
 it turned us away. `stop()` says Goodbye first, so the master marks the host
 down at once rather than dead_after later.
 
+HA (master/ha_config.py): the leader's HA config arrives with the Hello answer
+and is pushed on change; the slave keeps what it applied (the generation, its
+witness list and that list's version) across streams, says what it holds in
+each Hello, and answers every config it applies with a report at once
+(Beat.ha_ack): the leader records it, so that any leader knows which list the
+host may hold and whether it heard that HA is on.
+
 What the slave may conclude (README, "Timing"): while the stream is open the
 master counts this host live; `connected` says so. Every wait is bounded:
 writes by two intervals, the Hello reply by five, a silent master by the
