@@ -39,8 +39,8 @@ from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
                                            pool_families)
 from xcp_control.master.reconcile import Reconciler
-from xcp_control.rpc.server import (LenientRegistration, PortInUse, PreEncodedResponses,
-                                    add_standard_services, bind, service_name)
+from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
+                                    bind, service_name)
 from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import master_server_options
@@ -298,7 +298,7 @@ class Master:
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
-            self.liveness_servicer, PreEncodedResponses(server))  # HA peers: ha_config.py
+            self.liveness_servicer, server)
         pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
             api.PoolServicer(self.describe_pool, self.pool_ha), server)
         return server
