@@ -120,7 +120,7 @@ class Counts:
         self.resent = 0  # beats carrying the (empty) domain list, as the master asked
         self.ha_configs = 0  # HA configs received (Hello answers and pushes)
         self.ha_peers = 0  # peers those configs listed, in all (parsed ones)
-        self.ha_bytes = 0  # bytes of the large configs counted unparsed (H2Host.take)
+        self.ha_bytes = 0  # bytes of HA configs (large ones counted unparsed: H2Host.take)
         self.pings_in = 0  # PINGs from the master (keepalive, BDP probes) answered
         self.pings_out = 0  # keepalive PINGs we sent (none while the master PINGs us)
         self.stalled = 0  # beats not sent: no HTTP/2 send window (h2 client)
@@ -354,12 +354,20 @@ class H2Host(asyncio.BufferedProtocol):
         self.send_window = 65535  # connection and stream alike: our beats are tiny
         self.received = 0
         self.ended = True
-        hello = pb.HeartbeatRequest(hello=pb.Hello(
-            host_uuid=self.uuid, name_label=f"sim-{worker.seed}-{index:05d}",
+        # HA: what this host holds of the leader's config, as a slave keeps it
+        # across streams and says in its Hello and acknowledgements (heartbeat.py).
+        self.ha_generation = 0
+        self.ha_witness_version = 0
+        self.hello = self._hello()
+
+    def _hello(self) -> bytes:
+        w, index = self.w, self.index
+        return pb.HeartbeatRequest(hello=pb.Hello(
+            host_uuid=self.uuid, name_label=f"sim-{w.seed}-{index:05d}",
             address=f"127.0.0.1:{20000 + index % 40000}", memory_total=MEMORY_TOTAL,
             memory_free=MEMORY_TOTAL, domains_digest=EMPTY_DIGEST, enabled=True,
-            fence_after_ms=worker.fence_after_ms))
-        self.hello = hello.SerializeToString()
+            fence_after_ms=w.fence_after_ms, ha_generation=self.ha_generation,
+            ha_witness_version=self.ha_witness_version)).SerializeToString()
 
     # -- scheduling
 
@@ -396,6 +404,8 @@ class H2Host(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.transport = transport  # type: ignore[assignment]
+        if self.ha_generation or self.ha_witness_version:
+            self.hello = self._hello()  # says what it holds
         transport.write(_CLIENT_START + _request_headers(self.w.master)  # type: ignore[attr-defined]
                         + _grpc_data(self.hello))
 
@@ -459,6 +469,20 @@ class H2Host(asyncio.BufferedProtocol):
             c.stalled += 1  # flow control: the master stopped reading us
         self.due = next_tick(self.due, self.interval, now)
         self.timer = loop.call_at(self.due, self.beat)
+
+    def ack_ha(self) -> None:
+        """The report acknowledging an HA config applied (heartbeat.py sends it at once)."""
+        if self.transport is None:
+            return
+        self.seq += 1
+        frame = _grpc_data(pb.HeartbeatRequest(beat=pb.Beat(
+            seq=self.seq, memory_free=MEMORY_TOTAL, domains_digest=EMPTY_DIGEST, ha_ack=True,
+            ha_generation=self.ha_generation,
+            ha_witness_version=self.ha_witness_version)).SerializeToString())
+        if self.send_window >= len(frame) - 9:
+            self.send_window -= len(frame) - 9
+            self.transport.write(frame)
+            self.w.counts.beats += 1
 
     def ping(self) -> None:
         """grpc's client keepalive: a PING once nothing was read for ping_every
@@ -583,6 +607,11 @@ class H2Host(asyncio.BufferedProtocol):
         if reply.ha_config:  # HA's config: taken as a slave takes it (heartbeat._apply)
             w.counts.ha_configs += 1
             w.counts.ha_peers += len(reply.peers)
+            w.counts.ha_bytes += len(body)
+            self.ha_generation = reply.ha_generation if reply.ha_enabled else 0
+            if reply.witness_version:
+                self.ha_witness_version = reply.witness_version
+            self.ack_ha()
         if self.up:
             w.counts.replies += 1
             if reply.send_domains:

@@ -17,23 +17,33 @@ Names, all in seconds on each side's own monotonic clock:
    The leader counts from the moment it saw the stream end less db, plus a
    margin: `fenced_by`. Both sides shift by db, so the leader restarts about
    fa after the failure rather than fa after noticing it.
-2. A held lease. When its lease runs out and a majority of its peers is
-   reached, none hearing the leader (the master tier is down, not this host:
-   xapi's liveset rule), the slave keeps its domains and asks again every
+2. A held lease. When its lease runs out and a strict majority of its
+   witness list (master/ha_witness.py: at most K other hosts, the list the
+   leader gave it) is reached, none hearing the leader (the master tier is
+   down, not this host: xapi's liveset rule), the slave keeps its domains and
+   asks again every
    `hold_extension`. When an answer no longer says keep, a slave that was
    holding may have been left behind by the others' reconnect: it reconnects
    at once and fences unless the leader has acknowledged it within
    REJOIN_WINDOW. So a holding slave has fenced or rejoined at most
    `hold_bound` after the last moment some peer could have told it "keep".
-3. What the leader proves before a restart (master/ha_quorum.py): a majority
-   of the pool's hosts, asked then, say their stream has been connected
+3. What the leader proves before a restart (master/ha_quorum.py): for every
+   witness list the lost host may hold (the leader records, durably, the one
+   it acknowledged and the one sent since: master/ha_config.py), a strict
+   majority of that list, asked then, say their stream has been connected
    without a break for at least `hold_bound`. Each of them answered "I hear
-   the leader" to every peer meanwhile, and any majority of a lost host's
-   peers contains one of them, so no "keep" was given in that time: the lost
-   host has fenced (or is inside a fresh lease that `fenced_by` covers).
+   the leader" to every peer meanwhile, and any majority of that list
+   contains one of them, so no "keep" was given in that time: the lost host
+   has fenced (or is inside a fresh lease that `fenced_by` covers). The
+   leader also hears a strict majority of the pool, and restarts only a host
+   armed for the current HA generation (it acknowledged that HA is on: one
+   that never heard it never fences). A slave told HA is on starts its lease
+   then (slave/ha_guard.py): the leader counts it from a loss after its
+   acknowledgement.
    In a steady pool every host has been connected for hours and the proof
-   costs one round of questions; after a master restart or a failover it
-   holds restarts back until the hosts have been back for `hold_bound`.
+   costs one round of questions to at most 2 x K witnesses; after a master
+   restart or a failover it holds restarts back until the witnesses have
+   been back for `hold_bound`.
 """
 
 from __future__ import annotations

@@ -162,6 +162,47 @@ def test_ha_disabled_nothing_fences_or_restarts(lab: Lab, case: Case) -> None:
     assert "SELF-FENCING" not in a.stderr_text()
 
 
+def test_a_host_lost_as_ha_is_switched_on_is_not_restarted_one_that_heard_is(
+        lab: Lab, case: Case) -> None:
+    """A is SIGSTOPped, then HA is switched on: A never hears it, so it would
+    never fence, and its VM is not started elsewhere (it still runs there).
+    Resumed, A hears HA on and acknowledges it (armed); the same fault then
+    restarts its VM on another host, and A fenced. Never twice throughout."""
+    master = lab.start_master(**SETTINGS)
+    a, *others = hosts = slaves(case, master)  # HA off
+    vm = protected_vm(master, a.uuid, "ha-unheard")
+    with PollerProcess(hosts) as poller:
+        time.sleep(0.3)
+        a.freeze()
+        try:
+            pool_stub(master).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)
+            master.client.wait_live(a.uuid, False, timeout=5)
+            time.sleep(FENCE_AFTER + 3)  # past the restart it must not make
+            got = master.client.vm(vm)
+            assert (got.power_state, got.resident_on) == (dm.RUNNING, a.uuid)
+            assert master.client.host(a.uuid).ha_armed_generation == 0
+            assert all(master.client.host(h.uuid).ha_armed_generation == 1 for h in others)
+        finally:
+            a.thaw()
+        master.client.wait_live(a.uuid, True, timeout=10)
+        assert a.domains() == {vm: dm.RUNNING}, case.diagnostics()  # never told to fence
+        wait_until(lambda: master.client.host(a.uuid).ha_armed_generation == 1, 5,
+                   "the resumed host armed", interval=0.1)
+        a.freeze()
+        try:
+            moved = wait_until(lambda: (v := master.client.vm(vm)).power_state == dm.RUNNING
+                               and v.resident_on != a.uuid and v, FENCE_AFTER + 3,
+                               "the VM RUNNING on another host", interval=0.05)
+        finally:
+            a.thaw()
+        wait_until(lambda: domains_or_none(a) == {}, 5, "the resumed host fenced",
+                   interval=0.1)
+        time.sleep(1.0)
+    poller.sightings.assert_never_twice(vm, a.uuid, moved.resident_on)
+    assert poller.sightings.on(a.uuid, vm) and poller.sightings.on(moved.resident_on, vm)
+    assert "never acknowledged that HA is on" in master.process.stderr_text()
+
+
 def test_master_down_for_twice_fence_after_no_host_fences(lab: Lab, case: Case) -> None:
     own = lab.start_master(**SETTINGS)
     pool_stub(own).SetHaConfig(ps.SetHaConfigRequest(enabled=True), timeout=5)

@@ -28,23 +28,33 @@ class Proof:
 
     def __init__(self) -> None:
         self.holds_now = True
-        self.asked: list[tuple[list[str], set[str], float]] = []
+        self.asked: list[tuple[dict, set[str], float]] = []
 
-    async def holds(self, pool, lost, needed) -> bool:
-        self.asked.append((list(pool), set(lost), needed))
-        return self.holds_now
+    async def proven(self, lists, lost, needed) -> set[str]:
+        self.asked.append((dict(lists), set(lost), needed))
+        return set(lists) if self.holds_now else set()
 
 
-async def rig(world: World, enabled=True, hosts=3, proof=None):
+WITNESSES = ("w1", "w2", "w3")  # what every host may hold, as the rig says
+
+
+async def rig(world: World, enabled=True, hosts=3, proof=None, armed=True):
+    """A restarter whose hosts acknowledged HA on (armed) unless told not."""
     life, fwd = lifecycle(world)
     ha = world.pool.plan = PoolHa(world.store, world.liveness)
     await ha.configure(enabled, 0)
     clock = Clock()
+    not_armed: set[str] = set()
     restarter = Restarter(world.store, world.liveness, ha, life, lambda h: FENCE_AFTER,
-                          DETECT, clock, proof=proof or Proof(), transport_bound=TRANSPORT)
+                          DETECT, clock, proof=proof or Proof(), transport_bound=TRANSPORT,
+                          may_hold=lambda h: [WITNESSES],
+                          armed=lambda h: h not in not_armed)
     world.liveness.add_listener(restarter.on_flip)
     world.store.add_listener(restarter.on_changes)
     added = [await world.add_host(f"h{i}") for i in range(hosts)]
+    if not armed:
+        not_armed.update(h.uuid for h in added)
+    restarter.not_armed = not_armed  # the test may arm or disarm
     return restarter, fwd, clock, added
 
 
@@ -175,8 +185,8 @@ def test_nothing_restarts_until_a_majority_vouches_for_the_hold_bound(tmp_path):
         proof.holds_now = False
         await restarter.step()
         assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
-        pool, lost, needed = proof.asked[-1]
-        assert sorted(pool) == sorted(h.uuid for h in (h0, h1, h2)) and lost == {h0.uuid}
+        lists, lost, needed = proof.asked[-1]
+        assert lists == {h0.uuid: [WITNESSES]} and lost == {h0.uuid}
         assert needed == hold_bound(FENCE_AFTER, TRANSPORT, DETECT)
         proof.holds_now = True
         clock.now += PROOF_RETRY / 2  # a failed proof is not asked again at once
@@ -225,4 +235,38 @@ def test_with_ha_off_a_fenced_hello_changes_nothing(tmp_path):
         vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
         await restarter.host_fenced(h0.uuid)
         assert state(world, vm) == (dm.RUNNING, h0.uuid, False)
+    run(body, tmp_path)
+
+
+def test_a_host_that_never_acknowledged_ha_is_not_restarted(tmp_path):
+    """Lost just as HA was switched on, before it heard: it may not fence, so
+    its VMs stay where the store has them; DeclareDead still restarts them."""
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2) = await rig(world, armed=False)
+        vm = await protected(world, "v", GIB, dm.RUNNING, h0.uuid)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) + 60
+        await restarter.step()
+        assert state(world, vm) == (dm.RUNNING, h0.uuid, False) and fwd.calls == []
+        assert h0.uuid not in restarter.lost  # dropped, not retried every tick
+        await world.pool.declare_dead(h0.uuid)  # the operator asserts the fence
+        await restarter.step()
+        assert state(world, vm)[0] == dm.RUNNING and state(world, vm)[1] != h0.uuid
+    run(body, tmp_path)
+
+
+def test_an_armed_host_is_restarted_beside_one_that_is_not(tmp_path):
+    async def body(world: World):
+        restarter, fwd, clock, (h0, h1, h2, h3, h4) = await rig(world, hosts=5)
+        restarter.not_armed.add(h1.uuid)
+        heard = await protected(world, "heard", GIB, dm.RUNNING, h0.uuid)
+        unheard = await protected(world, "unheard", GIB, dm.RUNNING, h1.uuid)
+        lost_at = clock.now
+        world.liveness.mark_down(h0.uuid)
+        world.liveness.mark_down(h1.uuid)
+        clock.now = fenced_by(lost_at, FENCE_AFTER, DETECT) + 0.01
+        await restarter.step()
+        assert state(world, heard)[1] in (h2.uuid, h3.uuid, h4.uuid)
+        assert state(world, unheard) == (dm.RUNNING, h1.uuid, False)
     run(body, tmp_path)

@@ -225,3 +225,30 @@ def test_the_liveset_question_ends_once_the_answers_decide_it():
         reached, hearing = await ask_liveset(*peers_saying(None, None, "silent"))
         assert (reached, hearing) == (0, 0)
     asyncio.run(asyncio.wait_for(body(), 5))
+
+
+def test_ha_switched_on_after_a_gap_starts_the_lease_now_not_from_before():
+    """Stopped while HA was off, resumed and told HA is on (a new stream's
+    answer): within the hold after the gap, yet the lease starts now (the
+    leader restarts it only after it acknowledged that generation); it does
+    not fence at once by an acknowledgement from before the gap."""
+    async def body():
+        rig = Rig(peers_answer=(2, 1))
+        rig.guard.configure(HaConfig(enabled=False, fence_after=4.0, detect_bound=1.0))
+        await rig.hv.start("vm1", GIB, 1, False)
+        await rig.tick_for(1)
+        rig.now += 8.0  # SIGSTOPped
+        await rig.guard.check()  # the gap: confirms held back
+        rig.guard.configure(HaConfig(enabled=True, fence_after=4.0, detect_bound=1.0,
+                                     peers=PEERS, generation=1))
+        await rig.tick_for(1)
+        assert not rig.guard.fenced and [d.vm_uuid for d in await rig.hv.list_domains()]
+        # The same generation again within a hold is no fresh start.
+        rig.connected = False
+        rig.now += 8.0
+        await rig.guard.check()
+        rig.guard.configure(HaConfig(enabled=True, fence_after=4.0, detect_bound=1.0,
+                                     peers=PEERS, generation=1))
+        await rig.guard.check()
+        assert rig.guard.fenced
+    run(body)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xcp/v1/datamodel.proto\x12\x06xcp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x04Host\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x0f\n\x07metrics\x18\x05 \x01(\t\x12\x33\n\x0cother_config\x18\x06 \x03(\x0b\x32\x1d.xcp.v1.Host.OtherConfigEntry\x12\x16\n\x0e\x66\x65nce_after_ms\x18\x07 \x01(\x03\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\x0bHostMetrics\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmemory_total\x18\x05 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x06 \x01(\x03\"\xa2\x03\n\x02VM\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\'\n\x0bpower_state\x18\x03 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x13\n\x0bresident_on\x18\x04 \x01(\t\x12\x10\n\x08\x61\x66\x66inity\x18\x05 \x01(\t\x12\x0e\n\x06memory\x18\x06 \x01(\x03\x12\r\n\x05vcpus\x18\x07 \x01(\x03\x12\x31\n\x0cother_config\x18\x08 \x03(\x0b\x32\x1b.xcp.v1.VM.OtherConfigEntry\x12\x36\n\x13ha_restart_priority\x18\x14 \x01(\x0e\x32\x19.xcp.v1.HaRestartPriority\x12\x18\n\x10ha_restart_order\x18\x15 \x01(\x03\x12\x1a\n\x12ha_restart_pending\x18\x16 \x01(\x08\x12\x11\n\tpv_kernel\x18\t \x01(\t\x12\x12\n\npv_ramdisk\x18\n \x01(\t\x12\x0f\n\x07pv_args\x18\x0b \x01(\t\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x01\n\x04Pool\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0e\n\x06master\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07masters\x18\x05 \x03(\t\x12\x12\n\nha_enabled\x18\x06 \x01(\x08\x12$\n\x1cha_host_failures_to_tolerate\x18\x07 \x01(\x03\x12\x1a\n\x12ha_plan_exists_for\x18\x08 \x01(\x03*]\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06HALTED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06PAUSED\x10\x03\x12\r\n\tSUSPENDED\x10\x04*V\n\x11HaRestartPriority\x12#\n\x1fHA_RESTART_PRIORITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07RESTART\x10\x01\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xcp/v1/datamodel.proto\x12\x06xcp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n\x04Host\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x0f\n\x07metrics\x18\x05 \x01(\t\x12\x33\n\x0cother_config\x18\x06 \x03(\x0b\x32\x1d.xcp.v1.Host.OtherConfigEntry\x12\x16\n\x0e\x66\x65nce_after_ms\x18\x07 \x01(\x03\x12\x14\n\x0cha_witnesses\x18\x08 \x03(\t\x12\x1a\n\x12ha_witness_version\x18\t \x01(\x03\x12\x1c\n\x14ha_witnesses_pending\x18\n \x03(\t\x12\"\n\x1aha_witness_pending_version\x18\x0b \x01(\x03\x12\x1b\n\x13ha_armed_generation\x18\x0c \x01(\x03\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\x0bHostMetrics\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmemory_total\x18\x05 \x01(\x03\x12\x13\n\x0bmemory_free\x18\x06 \x01(\x03\"\xa2\x03\n\x02VM\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\'\n\x0bpower_state\x18\x03 \x01(\x0e\x32\x12.xcp.v1.PowerState\x12\x13\n\x0bresident_on\x18\x04 \x01(\t\x12\x10\n\x08\x61\x66\x66inity\x18\x05 \x01(\t\x12\x0e\n\x06memory\x18\x06 \x01(\x03\x12\r\n\x05vcpus\x18\x07 \x01(\x03\x12\x31\n\x0cother_config\x18\x08 \x03(\x0b\x32\x1b.xcp.v1.VM.OtherConfigEntry\x12\x36\n\x13ha_restart_priority\x18\x14 \x01(\x0e\x32\x19.xcp.v1.HaRestartPriority\x12\x18\n\x10ha_restart_order\x18\x15 \x01(\x03\x12\x1a\n\x12ha_restart_pending\x18\x16 \x01(\x08\x12\x11\n\tpv_kernel\x18\t \x01(\t\x12\x12\n\npv_ramdisk\x18\n \x01(\t\x12\x0f\n\x07pv_args\x18\x0b \x01(\t\x1a\x32\n\x10OtherConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x04Pool\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x12\n\nname_label\x18\x02 \x01(\t\x12\x0e\n\x06master\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07masters\x18\x05 \x03(\t\x12\x12\n\nha_enabled\x18\x06 \x01(\x08\x12$\n\x1cha_host_failures_to_tolerate\x18\x07 \x01(\x03\x12\x1a\n\x12ha_plan_exists_for\x18\x08 \x01(\x03\x12\x15\n\rha_generation\x18\t \x01(\x03*]\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06HALTED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06PAUSED\x10\x03\x12\r\n\tSUSPENDED\x10\x04*V\n\x11HaRestartPriority\x12#\n\x1fHA_RESTART_PRIORITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07RESTART\x10\x01\x12\x0f\n\x0b\x42\x45ST_EFFORT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOST_OTHERCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_VM_OTHERCONFIGENTRY']._loaded_options = None
   _globals['_VM_OTHERCONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_POWERSTATE']._serialized_start=1039
-  _globals['_POWERSTATE']._serialized_end=1132
-  _globals['_HARESTARTPRIORITY']._serialized_start=1134
-  _globals['_HARESTARTPRIORITY']._serialized_end=1220
+  _globals['_POWERSTATE']._serialized_start=1207
+  _globals['_POWERSTATE']._serialized_end=1300
+  _globals['_HARESTARTPRIORITY']._serialized_start=1302
+  _globals['_HARESTARTPRIORITY']._serialized_end=1388
   _globals['_HOST']._serialized_start=68
-  _globals['_HOST']._serialized_end=288
-  _globals['_HOST_OTHERCONFIGENTRY']._serialized_start=238
-  _globals['_HOST_OTHERCONFIGENTRY']._serialized_end=288
-  _globals['_HOSTMETRICS']._serialized_start=291
-  _globals['_HOSTMETRICS']._serialized_end=439
-  _globals['_VM']._serialized_start=442
-  _globals['_VM']._serialized_end=860
-  _globals['_VM_OTHERCONFIGENTRY']._serialized_start=238
-  _globals['_VM_OTHERCONFIGENTRY']._serialized_end=288
-  _globals['_POOL']._serialized_start=863
-  _globals['_POOL']._serialized_end=1037
+  _globals['_HOST']._serialized_end=433
+  _globals['_HOST_OTHERCONFIGENTRY']._serialized_start=383
+  _globals['_HOST_OTHERCONFIGENTRY']._serialized_end=433
+  _globals['_HOSTMETRICS']._serialized_start=436
+  _globals['_HOSTMETRICS']._serialized_end=584
+  _globals['_VM']._serialized_start=587
+  _globals['_VM']._serialized_end=1005
+  _globals['_VM_OTHERCONFIGENTRY']._serialized_start=383
+  _globals['_VM_OTHERCONFIGENTRY']._serialized_end=433
+  _globals['_POOL']._serialized_start=1008
+  _globals['_POOL']._serialized_end=1205
 # @@protoc_insertion_point(module_scope)

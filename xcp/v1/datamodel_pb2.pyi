@@ -33,7 +33,7 @@ RESTART: HaRestartPriority
 BEST_EFFORT: HaRestartPriority
 
 class Host(_message.Message):
-    __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config", "fence_after_ms")
+    __slots__ = ("uuid", "name_label", "address", "enabled", "metrics", "other_config", "fence_after_ms", "ha_witnesses", "ha_witness_version", "ha_witnesses_pending", "ha_witness_pending_version", "ha_armed_generation")
     class OtherConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,11 @@ class Host(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     OTHER_CONFIG_FIELD_NUMBER: _ClassVar[int]
     FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESSES_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESSES_PENDING_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESS_PENDING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HA_ARMED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name_label: str
     address: str
@@ -55,7 +60,12 @@ class Host(_message.Message):
     metrics: str
     other_config: _containers.ScalarMap[str, str]
     fence_after_ms: int
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., enabled: _Optional[bool] = ..., metrics: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., fence_after_ms: _Optional[int] = ...) -> None: ...
+    ha_witnesses: _containers.RepeatedScalarFieldContainer[str]
+    ha_witness_version: int
+    ha_witnesses_pending: _containers.RepeatedScalarFieldContainer[str]
+    ha_witness_pending_version: int
+    ha_armed_generation: int
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., enabled: _Optional[bool] = ..., metrics: _Optional[str] = ..., other_config: _Optional[_Mapping[str, str]] = ..., fence_after_ms: _Optional[int] = ..., ha_witnesses: _Optional[_Iterable[str]] = ..., ha_witness_version: _Optional[int] = ..., ha_witnesses_pending: _Optional[_Iterable[str]] = ..., ha_witness_pending_version: _Optional[int] = ..., ha_armed_generation: _Optional[int] = ...) -> None: ...
 
 class HostMetrics(_message.Message):
     __slots__ = ("uuid", "host", "live", "last_updated", "memory_total", "memory_free")
@@ -113,7 +123,7 @@ class VM(_message.Message):
     def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., power_state: _Optional[_Union[PowerState, str]] = ..., resident_on: _Optional[str] = ..., affinity: _Optional[str] = ..., memory: _Optional[int] = ..., vcpus: _Optional[int] = ..., other_config: _Optional[_Mapping[str, str]] = ..., ha_restart_priority: _Optional[_Union[HaRestartPriority, str]] = ..., ha_restart_order: _Optional[int] = ..., ha_restart_pending: _Optional[bool] = ..., pv_kernel: _Optional[str] = ..., pv_ramdisk: _Optional[str] = ..., pv_args: _Optional[str] = ...) -> None: ...
 
 class Pool(_message.Message):
-    __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for")
+    __slots__ = ("uuid", "name_label", "master", "epoch", "masters", "ha_enabled", "ha_host_failures_to_tolerate", "ha_plan_exists_for", "ha_generation")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
     MASTER_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +132,7 @@ class Pool(_message.Message):
     HA_ENABLED_FIELD_NUMBER: _ClassVar[int]
     HA_HOST_FAILURES_TO_TOLERATE_FIELD_NUMBER: _ClassVar[int]
     HA_PLAN_EXISTS_FOR_FIELD_NUMBER: _ClassVar[int]
+    HA_GENERATION_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name_label: str
     master: str
@@ -130,4 +141,5 @@ class Pool(_message.Message):
     ha_enabled: bool
     ha_host_failures_to_tolerate: int
     ha_plan_exists_for: int
-    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., masters: _Optional[_Iterable[str]] = ..., ha_enabled: _Optional[bool] = ..., ha_host_failures_to_tolerate: _Optional[int] = ..., ha_plan_exists_for: _Optional[int] = ...) -> None: ...
+    ha_generation: int
+    def __init__(self, uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., master: _Optional[str] = ..., epoch: _Optional[int] = ..., masters: _Optional[_Iterable[str]] = ..., ha_enabled: _Optional[bool] = ..., ha_host_failures_to_tolerate: _Optional[int] = ..., ha_plan_exists_for: _Optional[int] = ..., ha_generation: _Optional[int] = ...) -> None: ...

@@ -18,7 +18,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., beat: _Optional[_Union[Beat, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable", "fence_after_ms", "fenced", "transport_bound_ms")
+    __slots__ = ("host_uuid", "name_label", "address", "memory_total", "memory_free", "domains", "domains_digest", "enabled", "hypervisor_unavailable", "fence_after_ms", "fenced", "transport_bound_ms", "ha_generation", "ha_witness_version")
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_LABEL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class Hello(_message.Message):
     FENCE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_BOUND_MS_FIELD_NUMBER: _ClassVar[int]
+    HA_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESS_VERSION_FIELD_NUMBER: _ClassVar[int]
     host_uuid: str
     name_label: str
     address: str
@@ -43,10 +45,12 @@ class Hello(_message.Message):
     fence_after_ms: int
     fenced: bool
     transport_bound_ms: int
-    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., fenced: _Optional[bool] = ..., transport_bound_ms: _Optional[int] = ...) -> None: ...
+    ha_generation: int
+    ha_witness_version: int
+    def __init__(self, host_uuid: _Optional[str] = ..., name_label: _Optional[str] = ..., address: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., domains_digest: _Optional[str] = ..., enabled: _Optional[bool] = ..., hypervisor_unavailable: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., fenced: _Optional[bool] = ..., transport_bound_ms: _Optional[int] = ..., ha_generation: _Optional[int] = ..., ha_witness_version: _Optional[int] = ...) -> None: ...
 
 class Beat(_message.Message):
-    __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains", "hypervisor_unavailable", "connected_for_ms")
+    __slots__ = ("seq", "memory_free", "domains_digest", "domains_included", "domains", "hypervisor_unavailable", "connected_for_ms", "ha_ack", "ha_generation", "ha_witness_version")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FREE_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +58,9 @@ class Beat(_message.Message):
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FOR_MS_FIELD_NUMBER: _ClassVar[int]
+    HA_ACK_FIELD_NUMBER: _ClassVar[int]
+    HA_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HA_WITNESS_VERSION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     memory_free: int
     domains_digest: str
@@ -61,7 +68,10 @@ class Beat(_message.Message):
     domains: _containers.RepeatedCompositeFieldContainer[_slave_service_pb2.Domain]
     hypervisor_unavailable: bool
     connected_for_ms: int
-    def __init__(self, seq: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains_digest: _Optional[str] = ..., domains_included: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., hypervisor_unavailable: _Optional[bool] = ..., connected_for_ms: _Optional[int] = ...) -> None: ...
+    ha_ack: bool
+    ha_generation: int
+    ha_witness_version: int
+    def __init__(self, seq: _Optional[int] = ..., memory_free: _Optional[int] = ..., domains_digest: _Optional[str] = ..., domains_included: _Optional[bool] = ..., domains: _Optional[_Iterable[_Union[_slave_service_pb2.Domain, _Mapping]]] = ..., hypervisor_unavailable: _Optional[bool] = ..., connected_for_ms: _Optional[int] = ..., ha_ack: _Optional[bool] = ..., ha_generation: _Optional[int] = ..., ha_witness_version: _Optional[int] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)
@@ -70,7 +80,7 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch", "ha_config", "ha_enabled", "fence_after_ms", "detect_bound_ms", "peers", "report_now")
+    __slots__ = ("interval_ms", "domains_ack", "send_domains", "report_interval_ms", "epoch", "ha_config", "ha_enabled", "fence_after_ms", "detect_bound_ms", "peers", "report_now", "ha_generation", "witness_version")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_ACK_FIELD_NUMBER: _ClassVar[int]
     SEND_DOMAINS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +92,8 @@ class HeartbeatResponse(_message.Message):
     DETECT_BOUND_MS_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     REPORT_NOW_FIELD_NUMBER: _ClassVar[int]
+    HA_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_VERSION_FIELD_NUMBER: _ClassVar[int]
     interval_ms: int
     domains_ack: str
     send_domains: bool
@@ -93,7 +105,9 @@ class HeartbeatResponse(_message.Message):
     detect_bound_ms: int
     peers: _containers.RepeatedCompositeFieldContainer[HaPeer]
     report_now: bool
-    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., ha_config: _Optional[bool] = ..., ha_enabled: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., detect_bound_ms: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[HaPeer, _Mapping]]] = ..., report_now: _Optional[bool] = ...) -> None: ...
+    ha_generation: int
+    witness_version: int
+    def __init__(self, interval_ms: _Optional[int] = ..., domains_ack: _Optional[str] = ..., send_domains: _Optional[bool] = ..., report_interval_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., ha_config: _Optional[bool] = ..., ha_enabled: _Optional[bool] = ..., fence_after_ms: _Optional[int] = ..., detect_bound_ms: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[HaPeer, _Mapping]]] = ..., report_now: _Optional[bool] = ..., ha_generation: _Optional[int] = ..., witness_version: _Optional[int] = ...) -> None: ...
 
 class HaPeer(_message.Message):
     __slots__ = ("host_uuid", "address")

@@ -2,13 +2,16 @@
 (xapi's HA restart), as plain logic on an injected monotonic clock.
 
 A host is restartable once it must have fenced (the lease rule,
-xcp_control/lease.py): its fresh lease has run out (`fenced_by`, counted from
-the moment the leader saw its heartbeat stream end, `lost_at`), and a majority
-of the pool's hosts, asked then, vouch that no lease could still be held by
-the liveset rule (master/ha_quorum.py). DeclareDead is the operator asserting
-the fence: restartable at once. A leader that hears from no majority of hosts
-restarts nothing (it may be the one cut off); one that has just started or
-been elected restarts nothing until the hosts have been back for hold_bound.
+xcp_control/lease.py): it is armed (it acknowledged HA on for the pool's
+current generation, ha_config.py: one that never heard fences never), its
+fresh lease has run out (`fenced_by`, counted from the moment the leader saw
+its heartbeat stream end, `lost_at`), and a strict majority of every witness
+list it may hold, asked then, vouch that no lease could still be held by the
+liveset rule (master/ha_quorum.py). DeclareDead is the operator asserting
+the fence: restartable at once, armed or not. A leader that hears from no
+majority of the pool's hosts restarts nothing (it may be the one cut off);
+one that has just started or been elected restarts nothing until the
+witnesses have been back for hold_bound.
 
 The order: RESTART VMs by ha_restart_order (then uuid), then BEST_EFFORT the
 same way; unprotected VMs are only set HALTED (they died with the fence).
@@ -115,7 +118,8 @@ class Restarter:
 
     def __init__(self, store, liveness, pool_ha, lifecycle, fence_after, detect_bound: float,
                  clock, proof, transport_bound: float, acting=lambda: True,
-                 tick: float = 0.25) -> None:
+                 tick: float = 0.25, may_hold=lambda host: [],
+                 armed=lambda host: True) -> None:
         self._store = store
         self._liveness = liveness
         self._pool_ha = pool_ha
@@ -124,6 +128,9 @@ class Restarter:
         self._detect_bound = detect_bound
         self._transport_bound = transport_bound  # the slaves' (ha_config.HaAnnouncer)
         self._proof = proof  # ha_quorum.QuorumProof
+        # host -> every witness list it may hold; whether it is armed (ha_config.HaAnnouncer)
+        self._may_hold = may_hold
+        self._armed = armed
         self._clock = clock
         self._acting = acting
         self._tick = tick
@@ -190,30 +197,41 @@ class Restarter:
             return
         now = self._clock()
         ready = self._due(now)
-        if ready and now >= self._proof_not_before and await self._proven(ready, now):
-            for host in ready:
+        if ready and now >= self._proof_not_before:
+            for host in await self._proven(ready, now):
                 if self._may_act() and host in self.lost and not self._liveness.is_live(host):
                     await self._fail(host)
         await self._restart(now)
 
     def _due(self, now: float) -> list[str]:
-        """Lost hosts whose fresh lease has certainly run out."""
+        """Lost hosts whose fresh lease has certainly run out. One not armed
+        may never have heard that HA is on: it is dropped, never restarted
+        (its VMs stay as they are until it comes back or is declared dead)."""
         for host in [h for h in self.lost if self._liveness.is_live(h)]:
             self.lost.pop(host, None)
-        return [host for host, lost_at in self.lost.items()
-                if now >= fenced_by(lost_at, self._fence_after(host), self._detect_bound)]
+        due = [host for host, lost_at in self.lost.items()
+               if now >= fenced_by(lost_at, self._fence_after(host), self._detect_bound)]
+        for host in [h for h in due if not self._armed(h)]:
+            log.warning("HA: host %s is lost but never acknowledged that HA is on (it may "
+                        "not fence): its VMs are not restarted (DeclareDead restarts them)",
+                        host)
+            self.lost.pop(host, None)
+            due.remove(host)
+        return due
 
-    async def _proven(self, ready: list[str], now: float) -> bool:
-        """The quorum proof (ha_quorum.py) for the longest hold any of them may have."""
-        hosts = [h.uuid for h in self._store.list("host")]
+    async def _proven(self, ready: list[str], now: float) -> set[str]:
+        """The quorum proof (ha_quorum.py) for the longest hold any of them may
+        have, against every witness list each may hold."""
+        hosts = self._store.list("host")
         if not has_quorum(self._liveness.acknowledged_count, len(hosts)):
-            return False
+            return set()
         needed = max(hold_bound(self._fence_after(h), self._transport_bound, self._detect_bound)
                      for h in ready)
-        if await self._proof.holds(hosts, set(self.lost), needed):
-            return True
-        self._proof_not_before = now + PROOF_RETRY
-        return False
+        lists = {h: self._may_hold(h) for h in ready}
+        proven = await self._proof.proven(lists, set(self.lost), needed)
+        if set(ready) - proven:
+            self._proof_not_before = now + PROOF_RETRY
+        return proven
 
     async def _fail(self, host: str) -> None:
         from xcp_control.master.pool import halted_after_failure  # pool imports pool_ha

@@ -26,6 +26,15 @@ from xcp_control.master.store import Change, Store
 from xcp.v1 import datamodel_pb2 as dm, host_service_pb2 as hs
 
 HOST_CLASSES = ("host", "host_metrics")
+# HA's bookkeeping on Host records (ha_config.py): the leader's, left out of the
+# answer (32 uuids each would make a 10,000-host answer several times larger).
+HA_BOOKKEEPING = ("ha_witnesses", "ha_witness_version", "ha_witnesses_pending",
+                  "ha_witness_pending_version", "ha_armed_generation")
+
+
+def _public(entry: dm.Host) -> None:
+    for name in HA_BOOKKEEPING:
+        entry.ClearField(name)
 
 
 class HostListing:
@@ -115,6 +124,8 @@ class HostListing:
         hosts = sorted(self._store.list("host"), key=lambda h: (h.name_label, h.uuid))
         response = hs.ListHostsResponse()
         response.hosts.extend(hosts)
+        for entry in response.hosts:
+            _public(entry)
         for host in hosts:
             stored = self._store.get("host_metrics", host.metrics)
             entry = response.host_metrics.add()
@@ -132,7 +143,9 @@ class HostListing:
             position = self._position[change.uuid if change.class_name == "host"
                                       else change.obj.host]
             if change.class_name == "host":
-                self._response.hosts[position].CopyFrom(change.obj)
+                entry = self._response.hosts[position]
+                entry.CopyFrom(change.obj)
+                _public(entry)
             else:
                 entry = self._response.host_metrics[position]
                 entry.CopyFrom(change.obj)

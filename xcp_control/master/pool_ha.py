@@ -40,8 +40,11 @@ class PoolHa:
         return self.settings().ha_enabled
 
     async def configure(self, enabled: bool, failures_to_tolerate: int) -> dm.Pool:
-        """SetHaConfig: durable before it answers."""
+        """SetHaConfig: durable before it answers. Each switch-on starts a
+        new generation, which the hosts acknowledge (ha_config.py: armed)."""
         pool = copy(self.settings())
+        if enabled and not pool.ha_enabled:
+            pool.ha_generation += 1
         pool.ha_enabled = enabled
         pool.ha_host_failures_to_tolerate = validation.count(
             "host_failures_to_tolerate", failures_to_tolerate, 0, MAX_FAILURES)
@@ -96,5 +99,6 @@ class PoolHa:
         """Fill GetPool's HA fields."""
         settings = self.settings()
         pool.ha_enabled = settings.ha_enabled
+        pool.ha_generation = settings.ha_generation
         pool.ha_host_failures_to_tolerate = settings.ha_host_failures_to_tolerate
         pool.ha_plan_exists_for = self.plan_exists_for()

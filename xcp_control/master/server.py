@@ -39,8 +39,8 @@ from xcp_control.master.ha_restart import Restarter
 from xcp_control.master.prometheus import (MasterMetrics, PoolSources, ha_families,
                                            pool_families)
 from xcp_control.master.reconcile import Reconciler
-from xcp_control.rpc.server import (LenientRegistration, PortInUse, PreEncodedResponses,
-                                    add_standard_services, bind, service_name)
+from xcp_control.rpc.server import (LenientRegistration, PortInUse, add_standard_services,
+                                    bind, service_name)
 from xcp_control.settings import MasterSettings
 from xcp_control.master.sqlite_store import SqliteStore
 from xcp_control.rpc.options import master_server_options
@@ -149,7 +149,9 @@ class Master:
         self.liveness_servicer = api.LivenessServicer(self.sessions, hello_timeout=s.dead_after)
         # The leader notices a silent host at most dead_after after its last packet.
         self.ha_config = HaAnnouncer(self.store, self.pool_ha, detect_bound=s.dead_after,
-                                     transport_bound=3 * max(s.heartbeat_interval, 0.5))
+                                     transport_bound=3 * max(s.heartbeat_interval, 0.5),
+                                     acting=(lambda: self.ha.acting()) if self.ha
+                                     else (lambda: True))
         self.lifecycle = Lifecycle(self.pool, self.forwarder, s.timeouts)
         self.quorum_proof = QuorumProof(self.liveness)
         self.restarter = Restarter(
@@ -157,7 +159,8 @@ class Master:
             detect_bound=s.dead_after, clock=self.clock,
             proof=self.quorum_proof,
             transport_bound=self.ha_config.transport_bound,
-            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True))
+            acting=(lambda: self.ha.acting()) if self.ha else (lambda: True),
+            may_hold=self.ha_config.may_hold, armed=self.ha_config.armed)
         self.reconciler = Reconciler(self.store, self.locks, self.lifecycle.destroy_domain,
                                      self.sessions.request_domains, self.clock)
         # Several masters: a new leader calls its hosts over (announce.py).
@@ -238,6 +241,7 @@ class Master:
             # marks no live host dead.
             self.liveness.restore(self._stored_liveness(), self.clock())
             self.sessions.reopen()
+            self.ha_config.lead()  # what the hosts hold, as the last leader recorded it
             self.restarter.lead()
             self.announcer.start()
         else:
@@ -300,7 +304,7 @@ class Master:
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             api.EventServicer(self.hub), lenient)
         liveness_service_pb2_grpc.add_LivenessServiceServicer_to_server(
-            self.liveness_servicer, PreEncodedResponses(server))  # HA peers: ha_config.py
+            self.liveness_servicer, server)
         pool_service_pb2_grpc.add_PoolServiceServicer_to_server(
             api.PoolServicer(self.describe_pool, self.pool_ha), server)
         return server

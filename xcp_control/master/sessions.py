@@ -106,7 +106,7 @@ class HeartbeatSessions:
         if self.ha is not None:
             self.ha.keep(host, hello)
             fence_after_ms = round(self.ha.fence_after(host) * 1000)
-        await self._register(host, hello, fence_after_ms)
+        await self._register(host, hello, fence_after_ms)  # with HA's fields (ha_config.py)
         if hello.fenced and self.fenced_listener is not None:
             await self.fenced_listener(host)
         session = Session(host, self._liveness.attach(host), epoch)
@@ -141,6 +141,8 @@ class HeartbeatSessions:
         self._mirror.report(host, beat.memory_free, self._wall())
         if beat.connected_for_ms and self.vouch_listener is not None:
             self.vouch_listener(host, beat.connected_for_ms / 1000)
+        if beat.ha_ack and self.ha is not None:  # what it applied of an HA config
+            self.ha.on_ack(host, beat)
         if self._hypervisor_down(host, beat.hypervisor_unavailable):
             return None
         if beat.domains_included:
@@ -193,7 +195,8 @@ class HeartbeatSessions:
 
     async def _register(self, host: str, hello: pb.Hello, fence_after_ms: int = 0) -> None:
         """Create Host + HostMetrics for a new host; update a changed address
-        or lease length (HA: durable before the answer tells the slave)."""
+        or lease length, and HA's record of what the host holds (HA: durable
+        before the answer tells the slave; one write, only if something changed)."""
         name = hello.name_label if hello.name_label.strip() else host[:8]
         validation.name("hello.name_label", name)
         record = self._store.get("host", host)
@@ -201,18 +204,21 @@ class HeartbeatSessions:
             metrics = datamodel_pb2.HostMetrics(
                 uuid=str(uuid_module.uuid4()), host=host, live=False,
                 memory_total=hello.memory_total, memory_free=hello.memory_free)
-            await self._store.commit([
-                Put(metrics),
-                Put(datamodel_pb2.Host(uuid=host, name_label=name, address=hello.address,
-                                       enabled=hello.enabled, metrics=metrics.uuid,
-                                       fence_after_ms=fence_after_ms))])
+            created = datamodel_pb2.Host(uuid=host, name_label=name, address=hello.address,
+                                         enabled=hello.enabled, metrics=metrics.uuid,
+                                         fence_after_ms=fence_after_ms)
+            if self.ha is not None:
+                self.ha.on_hello(host, hello, created)
+            await self._store.commit([Put(metrics), Put(created)])
             return
         # The master's `enabled` is authoritative once the host is known: a
         # restarted slave must not re-enable a host an operator disabled.
-        wanted = (hello.address, name, fence_after_ms or record.fence_after_ms)
-        if (record.address, record.name_label, record.fence_after_ms) != wanted:
-            updated = copy(record)
-            updated.address, updated.name_label, updated.fence_after_ms = wanted
+        updated = copy(record)
+        updated.address, updated.name_label = hello.address, name
+        updated.fence_after_ms = fence_after_ms or record.fence_after_ms
+        if self.ha is not None:
+            self.ha.on_hello(host, hello, updated)
+        if updated != record:
             await self._store.put(updated)
 
     def on_flip(self, host: str, live: bool) -> None:

@@ -90,33 +90,6 @@ def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
 
 
-def _bytes_or(serialize):
-    def serializer(message):
-        return message if isinstance(message, bytes) else serialize(message)
-    return serializer
-
-
-class PreEncodedResponses:
-    """Stands in for the server while a generated `add_*Servicer_to_server`
-    registers its handlers: their responses may also be bytes, already
-    encoded, sent as they are (one encoding shared by many streams: the HA
-    peers, master/ha_config.py). Messages are serialized as usual."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        """Ignored: the same handlers arrive by name just after (generated code
-        calls both), and are registered there."""
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        encoded = {name: h._replace(response_serializer=_bytes_or(h.response_serializer))
-                   for name, h in handlers.items()}
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, encoded),))
-        self._server.add_registered_method_handlers(service, encoded)
-
-
 class LenientRegistration:
     """Stands in for the server while a generated `add_*Servicer_to_server`
     registers its handlers, and registers them with lenient deserializers (see

@@ -10,8 +10,9 @@ heartbeat stream, checked every tick and before every SlaveService call.
    transport_bound, the time the transport takes to notice (its keepalive
    time plus timeout), so a resumed slave never renews its lease on a stream
    that is in fact dead.
-2. When the lease ran out: the liveset rule. Ask every peer (PeerStatus,
-   short deadline) whether it hears the leader; a majority reached and none
+2. When the lease ran out: the liveset rule. Ask every peer of our witness
+   list (PeerStatus, short deadline; at most 32: master/ha_witness.py)
+   whether it hears the leader; a majority reached and none
    hearing it means the master tier is down, not us: keep the domains and
    ask again one hold_extension later (xcp_control/lease.py). Otherwise fence:
    refuse domain operations at once, destroy every domain, log it loudly;
@@ -113,7 +114,15 @@ class SelfFencing:
                      "enabled" if config.enabled else "disabled", config.fence_after,
                      config.detect_bound, len(config.peers))
         now = self._clock()
-        if now >= self._hold_until:
+        # HA switched on (a new generation): the lease starts now, even within
+        # the hold after a gap (a config read from a stale stream's buffer is
+        # no fresh acknowledgement): the leader counts this host only once it
+        # has acknowledged this generation (armed, master/ha_config.py), so from
+        # a loss after this moment. Counting from an acknowledgement taken
+        # while HA was off would fence at once, for nothing.
+        newly_on = config.enabled and (not before.enabled
+                                       or config.generation != before.generation)
+        if now >= self._hold_until or newly_on:
             self.lease.configure(config, now)  # receiving it is an acknowledgement
         else:
             self.lease.config = config
@@ -185,6 +194,8 @@ class SelfFencing:
 def peer_asker(credentials: grpc.ChannelCredentials | None) -> AskPeers:
     """PeerStatus on every peer at once, each within PEER_DEADLINE (ask_liveset)."""
     async def ask_one(uuid: str, address: str) -> bool | None:  # None: not reached
+        if not address:  # a witness the leader knows no address of: unreachable
+            return None
         try:
             async with open_channel(address, [], credentials, host_dns_name(uuid)) as channel:
                 answer = await pb_grpc.SlaveServiceStub(channel).PeerStatus(

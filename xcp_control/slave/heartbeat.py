@@ -16,6 +16,13 @@ reconnect_cap when the master cannot be reached, growing up to 5 minutes when
 it turned us away. `stop()` says Goodbye first, so the master marks the host
 down at once rather than dead_after later.
 
+HA (master/ha_config.py): the leader's HA config arrives with the Hello answer
+and is pushed on change; the slave keeps what it applied (the generation, its
+witness list and that list's version) across streams, says what it holds in
+each Hello, and answers every config it applies with a report at once
+(Beat.ha_ack): the leader records it, so that any leader knows which list the
+host may hold and whether it heard that HA is on.
+
 What the slave may conclude (README, "Timing"): while the stream is open the
 master counts this host live; `connected` says so. Every wait is bounded:
 writes by two intervals, the Hello reply by five, a silent master by the
@@ -110,6 +117,10 @@ class HeartbeatClient:
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()  # domains changed, or the master asked for them
         self._vouch = False  # the leader asked for a report now (report_now: HA's proof)
+        # HA: what we hold of the leader's config (it outlives a stream: the
+        # leader recorded it, ha_config.py), and whether to acknowledge it.
+        self.ha_held = HaConfig()
+        self._ha_ack = False
         self._running = False
         self._snapshot: DomainSnapshot | None = None
         self._snapshot_version = -1  # value of _domain_changes the snapshot reflects
@@ -271,6 +282,9 @@ class HeartbeatClient:
         hello.hello.fence_after_ms = self._fence_after_ms
         hello.hello.fenced = self._fenced()
         hello.hello.transport_bound_ms = round(self.transport_bound * 1000)
+        hello.hello.ha_generation = self.ha_held.generation  # what we hold (an acknowledgement)
+        hello.hello.ha_witness_version = self.ha_held.witness_version
+        self._ha_ack = False  # the Hello says it
         await self._write(call, hello)
         reader = asyncio.ensure_future(call.read())
         try:
@@ -306,14 +320,19 @@ class HeartbeatClient:
         while True:
             self._changed.clear()
             memory = self._hv.memory_free
-            if policy.due(loop.time(), memory,
-                          self._domains_stale() or composer.must_resend or self._vouch):
+            if policy.due(loop.time(), memory, self._domains_stale() or composer.must_resend
+                          or self._vouch or self._ha_ack):
                 snapshot = await self._current_domains()
                 beat = composer.beat(memory, snapshot)
                 if self._vouch:  # how long we have seen this stream up
                     self._vouch = False
                     beat.beat.connected_for_ms = round(
                         max(self._clock() - (self.connected_since or self._clock()), 0) * 1000)
+                if self._ha_ack:  # the HA config we applied (the leader records it)
+                    self._ha_ack = False
+                    beat.beat.ha_ack = True
+                    beat.beat.ha_generation = self.ha_held.generation
+                    beat.beat.ha_witness_version = self.ha_held.witness_version
                 # A backend that lost its hypervisor (libvirt) says so: its list is stale.
                 beat.beat.hypervisor_unavailable = not self._hv.available
                 await self._write(call, beat)
@@ -373,12 +392,21 @@ class HeartbeatClient:
             # An older master sets no report interval: it wants one report per interval.
             self._report_interval = _bounded(response.report_interval_ms, self._interval)
         # Last: the lease's transport bound follows the interval just taken.
-        if response.ha_config and self._on_ha is not None:
-            self._on_ha(HaConfig(enabled=response.ha_enabled,
-                                 fence_after=response.fence_after_ms / 1000,
-                                 detect_bound=response.detect_bound_ms / 1000,
-                                 epoch=response.epoch,
-                                 peers=tuple((p.host_uuid, p.address) for p in response.peers)))
+        if response.ha_config:
+            held = self.ha_held
+            peers, version = held.peers, held.witness_version  # kept unless a list comes
+            if response.witness_version:
+                peers = tuple((p.host_uuid, p.address) for p in response.peers)
+                version = response.witness_version
+            self.ha_held = HaConfig(
+                enabled=response.ha_enabled, fence_after=response.fence_after_ms / 1000,
+                detect_bound=response.detect_bound_ms / 1000, epoch=response.epoch,
+                peers=peers, witness_version=version,
+                generation=response.ha_generation if response.ha_enabled else 0)
+            if self._on_ha is not None:
+                self._on_ha(self.ha_held)
+            self._ha_ack = True  # applied: say so in a report at once
+            self._changed.set()
 
     def _domains_changed(self) -> None:
         self._domain_changes += 1

@@ -8,8 +8,10 @@ acknowledgement is the heartbeat stream itself being healthy (README, "What a
 slave may conclude"). The slave counts from `lease_origin` of the last moment
 it saw its stream open, and fences fence_after later.
 
-The liveset rule (xapi): a slave that lost the leader asks its peers. If it
-reaches a majority of them and none hears the leader, the problem is the
+The liveset rule (xapi): a slave that lost the leader asks its peers (its
+witness list, at most 32 hosts the leader chose and recorded:
+master/ha_witness.py). If it reaches a strict majority of that list and
+none hears the leader, the problem is the
 master tier (or etcd), not this host: it keeps its domains and asks again one
 `hold_extension` later (the lease is then *held*). Otherwise (it is cut off,
 or others hear the leader) it fences; a slave that was holding first gets the
@@ -36,7 +38,11 @@ class HaConfig:
     fence_after: float = 10.0  # seconds without acknowledgement before self-fencing
     detect_bound: float = 3.0  # the leader's PING interval + timeout: how late it may notice
     epoch: int = 0  # the leader's epoch the config came with
-    peers: tuple[tuple[str, str], ...] = ()  # (uuid, SlaveService address) of the other hosts
+    # (uuid, SlaveService address) of the host's witnesses (master/ha_witness.py):
+    # the liveset rule needs a strict majority of this list.
+    peers: tuple[tuple[str, str], ...] = ()
+    generation: int = 0  # the Pool.ha_generation it belongs to, with HA on
+    witness_version: int = 0  # the version of `peers` (0: none)
 
 
 class Verdict(enum.Enum):
