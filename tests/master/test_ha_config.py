@@ -10,6 +10,7 @@ import uuid as uuid_module
 
 from tests.master.world import NOW, World, run
 from xcp_control.master.ha_config import HaAnnouncer
+from xcp_control.master.ha_witness import Witnesses
 from xcp_control.master.host_metrics import MetricsMirror
 from xcp_control.master.pool_ha import PoolHa
 from xcp_control.master.sessions import HeartbeatSessions
@@ -28,7 +29,7 @@ class Rig:
     """Sessions and an announcer wired as the master wires them; every push
     is checked to be durable first (the store holds what was sent)."""
 
-    def __init__(self, world: World, k: int = 32) -> None:
+    def __init__(self, world: World, k: int = 32, put_hook: bool = True) -> None:
         self.world = world
         self.pool_ha = PoolHa(world.store, world.liveness)
         self.ha = HaAnnouncer(world.store, self.pool_ha, detect_bound=3.0, transport_bound=0.5,
@@ -38,6 +39,8 @@ class Rig:
         self.open: list[str] = []
         self.ha.push = self._push
         self.ha.open_hosts = lambda: list(self.open)
+        if put_hook:
+            world.store.add_put_hook("host", self.ha.keep_fields)
         world.store.add_listener(self.ha.on_changes)
         mirror = MetricsMirror(world.store, world.liveness, clock=lambda: NOW,
                                write_interval=30.0)
@@ -276,9 +279,36 @@ def test_a_new_leader_reads_what_the_hosts_may_hold(tmp_path):
     run(body, tmp_path)
 
 
-def test_an_older_copy_written_over_the_record_is_written_again(tmp_path):
+def test_an_older_copy_written_over_the_record_keeps_the_ha_fields(tmp_path):
+    """Another writer's put of an older copy (DisableHost's) carries HA's
+    fields as the leader last decided them: not undone even for a moment (a
+    failover in that moment would read the older state)."""
     async def body(world: World):
         rig = Rig(world)
+        await rig.enable()
+        a, b = uuid(1), uuid(2)
+        await rig.hello(a)
+        stale = copy(rig.record(a))  # taken before a's list
+        await rig.hello(b)
+        await rig.ha.settled()
+        await rig.ack(a, rig.last(a))  # it holds its list and HA on: armed
+        decided = copy(rig.record(a))
+        assert decided.ha_witness_version == 1 and decided.ha_armed_generation >= 1
+        stale.enabled = False  # another writer's change, on its older copy
+        await world.store.put(stale)
+        record = rig.record(a)  # at once: no second write needed
+        assert not record.enabled
+        assert Witnesses.of(record) == Witnesses.of(decided)
+        assert record.ha_armed_generation == decided.ha_armed_generation
+        assert stale.ha_witness_pending_version == 0  # the caller's object is left alone
+    run(body, tmp_path)
+
+
+def test_an_older_copy_written_over_the_record_is_written_again(tmp_path):
+    """The backstop, for a put queued before the leader's decision (and so
+    without it): the change is noticed and the fields written again."""
+    async def body(world: World):
+        rig = Rig(world, put_hook=False)
         await rig.enable()
         a, b = uuid(1), uuid(2)
         await rig.hello(a)

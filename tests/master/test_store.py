@@ -70,6 +70,24 @@ def test_put_stores_a_copy(db):
     run(body, db)
 
 
+def test_put_hooks_amend_every_put_of_their_class_durably(db):
+    async def body(store):
+        store.add_put_hook("vm", lambda obj: setattr(obj, "name_label", obj.name_label + "!"))
+        a = vm("a")
+        await store.put(a)
+        assert store.get("vm", a.uuid).name_label == "a!"
+        assert a.name_label == "a"  # the caller's object is left alone
+        host = dm.Host(uuid=new_uuid(), name_label="h")
+        await store.commit([Put(host)])
+        assert store.get("host", host.uuid).name_label == "h"  # another class: untouched
+        return a.uuid
+    uuid = run(body, db)
+
+    async def reopened(store):
+        return store.get("vm", uuid).name_label
+    assert run(reopened, db) == "a!"  # what was written is the amended object
+
+
 def test_find_by_index_follows_changes(db):
     async def body(store):
         h1, h2 = new_uuid(), new_uuid()

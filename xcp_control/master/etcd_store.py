@@ -44,7 +44,7 @@ from xcp_control.master.etcd_commits import Fence, GroupCommitter, Job, Ready
 from xcp_control.master.etcd_keys import Keys
 from xcp_control.model import copy
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
-                                      MemoryBackedStore, Put, WorkingCopy, check_ops)
+                                      MemoryBackedStore, Put, WorkingCopy)
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class EtcdStore(MemoryBackedStore):
     async def commit(self, ops: Sequence[Put | Delete]) -> list[Change]:
         if not ops:
             return []
-        check_ops(ops)
+        ops = self.prepared(ops)
         job = self._job(ops)
         reply = await self._writer.submit(job)  # HOST_IS_SLAVE unless we may write
         revision = reply.header.revision

@@ -38,8 +38,11 @@ in batches the store's group commit takes together):
   operator asserts the fence).
 
 Every HA field of a Host record is the leader's; another writer's put based
-on an older copy of the record would undo them, so a host change whose HA
-fields differ from what this leader knows is written again (on_changes).
+on an older copy of the record would undo them. So every Host put, whoever
+makes it, carries the fields as this leader last decided them (`keep_fields`,
+a store put hook wired in server.py), and a host change whose HA fields still
+differ from what this leader knows (one queued before the decision) is
+written again (on_changes).
 
 fence_after is the slave's setting (`xcp-slave --fence-after`), sent in its
 Hello and kept here per host (the restarter reads it: ha_restart.py), and in
@@ -103,6 +106,7 @@ class HaAnnouncer:
         self._held: dict[str, int] = {}  # host -> list version its current stream holds
         self._sent: dict[str, int] = {}  # host -> list version sent on its current stream
         self._arm: dict[str, int] = {}  # host -> generation it acknowledged (to record)
+        self._armed: dict[str, int] = {}  # host -> ha_armed_generation as last decided here
         self._joining: set[str] = set()  # Hello taken, answer not yet given
         self._dirty: set[str] = set()  # hosts whose lists or records to look at again
         self._enabled: bool | None = None  # what the open streams were last told
@@ -217,7 +221,17 @@ class HaAnnouncer:
                 record.ha_armed_generation = pool.ha_generation
             elif record.ha_armed_generation == pool.ha_generation:
                 record.ha_armed_generation = 0  # a fresh process: not told yet
+        self._armed[host] = record.ha_armed_generation
         self._arm.pop(host, None)
+
+    def keep_fields(self, record: dm.Host) -> None:
+        """A store put hook: the HA fields as this leader last decided them,
+        on any Host record put (another writer's copy may be older)."""
+        state = self._state.get(record.uuid)
+        if state is not None:
+            state.store_in(record)
+        if record.uuid in self._armed:
+            record.ha_armed_generation = self._armed[record.uuid]
 
     def fill(self, host: str, answer: pb.HeartbeatResponse) -> pb.HeartbeatResponse:
         """The Hello answer: the config, and the host's witness list when it
@@ -295,6 +309,7 @@ class HaAnnouncer:
                 self._address.pop(host, None)
                 self._set(host, Witnesses())
                 self._state.pop(host, None)
+                self._armed.pop(host, None)
                 self._short.discard(host)
                 self.forget(host)
             elif Witnesses.of(c.obj) != self._state.get(host, Witnesses()):
@@ -373,6 +388,7 @@ class HaAnnouncer:
             generation = self._arm.pop(host, 0)
             if pool.ha_enabled and generation == pool.ha_generation:
                 updated.ha_armed_generation = generation
+                self._armed[host] = generation
             if updated != record:
                 puts.append(Put(updated))
         if puts:

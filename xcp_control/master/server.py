@@ -214,6 +214,9 @@ class Master:
         self.sessions.vouch_listener = self.quorum_proof.on_vouch
         # A host back from a fence: its VMs died with it, restart the protected ones.
         self.sessions.fenced_listener = self.restarter.host_fenced
+        # HA's fields of a Host record are the leader's: every Host put carries
+        # them as last decided (another writer's copy may be older).
+        self.store.add_put_hook("host", self.ha_config.keep_fields)
         self.store.add_listener(self.ha_config.on_changes)
         self.store.add_listener(self.restarter.on_changes)
         self.pool.add_forget_listener(self.ha_config.forget)

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 from google.protobuf.message import Message
 
 from xcp_control.master.store import (ADD, CLASS_OF_MESSAGE, CLASSES, DEL, MOD, Change, Delete,
-                                      MemoryBackedStore, Put, WorkingCopy, check_ops)
+                                      MemoryBackedStore, Put, WorkingCopy)
 from xcp_control.model import copy
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class SqliteStore(MemoryBackedStore):
     async def commit(self, ops: Sequence[Put | Delete]) -> list[Change]:
         if not ops:
             return []
-        check_ops(ops)
+        ops = self.prepared(ops)
         await self._slots.acquire()
         try:
             changes = [self._plan(op) for op in ops]

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from google.protobuf.message import Message
 
 from xcp.v1 import datamodel_pb2
+from xcp_control.model import copy
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Delete:
     uuid: str
 
 
+PutHook = Callable[[Message], None]
+
+
 @dataclass(frozen=True)
 class Change:
     """One committed change, as Watch reports it."""
@@ -98,7 +102,32 @@ class Store(ABC):
 
     @abstractmethod
     async def commit(self, ops: Sequence[Put | Delete]) -> list[Change]:
-        """Apply ops atomically; return once they are durable."""
+        """Apply ops atomically; return once they are durable. Every
+        implementation starts with `prepared(ops)`."""
+
+    def add_put_hook(self, class_name: str, hook: PutHook) -> None:
+        """`hook(obj)` amends every object of `class_name` put from now on,
+        whoever puts it, before the put is queued. For fields one owner keeps
+        (HA's on Host records): a writer holding an older copy of the record
+        then cannot undo them, even for the moment before the owner notices."""
+        self.__dict__.setdefault("_put_hooks", {}).setdefault(class_name, []).append(hook)
+
+    def prepared(self, ops: Sequence[Put | Delete]) -> list[Put | Delete]:
+        """The ops checked (check_ops) and amended by the put hooks (copies:
+        the caller's objects are left as they are)."""
+        check_ops(ops)
+        hooks: dict[str, list[PutHook]] = self.__dict__.get("_put_hooks", {})
+        if not hooks:
+            return list(ops)
+        out: list[Put | Delete] = []
+        for op in ops:
+            if isinstance(op, Put) and (amend := hooks.get(CLASS_OF_MESSAGE[type(op.obj)])):
+                obj = copy(op.obj)
+                for hook in amend:
+                    hook(obj)
+                op = Put(obj)
+            out.append(op)
+        return out
 
     @abstractmethod
     async def changes_since(self, generation: int) -> list[Change] | None:
