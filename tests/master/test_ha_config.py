@@ -279,18 +279,24 @@ def test_a_new_leader_reads_what_the_hosts_may_hold(tmp_path):
     run(body, tmp_path)
 
 
+async def _a_list_given_after_a_copy_was_taken(rig: Rig) -> tuple[str, dm.Host]:
+    """HA on, host a, a copy of a's record, then b joins (a's list: pending v1)."""
+    await rig.enable()
+    a, b = uuid(1), uuid(2)
+    await rig.hello(a)
+    stale = copy(rig.record(a))  # taken before a's list
+    await rig.hello(b)
+    await rig.ha.settled()
+    return a, stale
+
+
 def test_an_older_copy_written_over_the_record_keeps_the_ha_fields(tmp_path):
     """Another writer's put of an older copy (DisableHost's) carries HA's
     fields as the leader last decided them: not undone even for a moment (a
     failover in that moment would read the older state)."""
     async def body(world: World):
         rig = Rig(world)
-        await rig.enable()
-        a, b = uuid(1), uuid(2)
-        await rig.hello(a)
-        stale = copy(rig.record(a))  # taken before a's list
-        await rig.hello(b)
-        await rig.ha.settled()
+        a, stale = await _a_list_given_after_a_copy_was_taken(rig)
         await rig.ack(a, rig.last(a))  # it holds its list and HA on: armed
         decided = copy(rig.record(a))
         assert decided.ha_witness_version == 1 and decided.ha_armed_generation >= 1
@@ -309,12 +315,7 @@ def test_an_older_copy_written_over_the_record_is_written_again(tmp_path):
     without it): the change is noticed and the fields written again."""
     async def body(world: World):
         rig = Rig(world, put_hook=False)
-        await rig.enable()
-        a, b = uuid(1), uuid(2)
-        await rig.hello(a)
-        stale = copy(rig.record(a))  # taken before a's list
-        await rig.hello(b)
-        await rig.ha.settled()
+        a, stale = await _a_list_given_after_a_copy_was_taken(rig)
         assert rig.record(a).ha_witness_pending_version == 1
         stale.enabled = False  # another writer's change, on its older copy
         await world.store.put(stale)
