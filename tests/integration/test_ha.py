@@ -195,22 +195,28 @@ def _try_create(s, name: str):
 # through another member (its requests there hang until a new raft leader is
 # elected); the raft leader that is also the member the master's channel uses
 # (refused at once, the channel moves on); that member while it does not lead
-# raft (the channel moves on, nothing else changes).
-VICTIMS = ("raft-leader", "raft-leader-in-use", "member-in-use")
+# raft (the channel moves on, nothing else changes); that member frozen
+# (SIGSTOP, not killed: the kernel still ACKs, the channel notices only after
+# its ~2 s PING timeout, past the lease) while it does not lead raft: the
+# lease renewals are hedged to the other members and the channel moves.
+# (Frozen while it leads raft is left out: README, "Several masters".)
+VICTIMS = ("raft-leader", "raft-leader-in-use", "member-in-use", "member-in-use-frozen",
+           "raft-leader-in-use-frozen")
 
 
 @pytest.mark.parametrize("victim", VICTIMS)
 def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_path, victim):
     """Mid-burst of CreateVM sent to the leader and to a follower, with reads:
     no call fails (10 s client deadlines), the masters keep their leader and
-    epoch, every acknowledged VM is there afterwards."""
+    epoch, every acknowledged VM is there afterwards (a frozen member is
+    resumed only once 200 more writes went through without it)."""
     with HaPool(tmp_path, masters=2, slaves=1, etcd_members=3) as ha:
         leader = ha.wait_leader()
         follower = ha.followers(leader)[0].address
         used = wait_until(lambda: ha.etcd.member_used_by(ha.by_address(leader).proc.pid), 10,
                           what="the leader's etcd connection")
         other = next(m for m in ha.etcd.members if m is not used)
-        ha.etcd.move_raft_leader(used if victim == "raft-leader-in-use" else other)
+        ha.etcd.move_raft_leader(used if victim.startswith("raft-leader-in-use") else other)
         target = other if victim == "raft-leader" else used
         wait_until(lambda: (p := get_pool(leader)) is not None and p.master == leader, 10,
                    what="the leader to act after the raft move")
@@ -218,13 +224,22 @@ def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_p
         with ClientLoad([leader, follower], creators=2, readers=1, timeout=10.0) as load:
             wait_until(lambda: len(load.acked) >= 40, 20, what="the burst to get going")
             before = len(load.acked)
-            target.kill()
-            wait_until(lambda: len(load.acked) >= before + 200, 30,
-                       what="writes to go on after the member was lost")
+            frozen = victim.endswith("-frozen")
+            if frozen:
+                target.signal(signal.SIGSTOP)
+            else:
+                target.kill()
+            try:
+                wait_until(lambda: len(load.acked) >= before + 200, 30,
+                           what="writes to go on after the member was lost")
+            finally:
+                if frozen:
+                    target.signal(signal.SIGCONT)
         assert not load.failures, load.failures
         assert load.longest < 5.0, f"a call took {load.longest:.2f}s"
         assert (get_pool(leader).master, get_pool(leader).epoch) == (leader, epoch)
-        assert ha.etcd.member_used_by(ha.by_address(leader).proc.pid) is not target
+        if not victim.endswith("-frozen"):
+            assert ha.etcd.member_used_by(ha.by_address(leader).proc.pid) is not target
         for address in (leader, follower):
             with channel(address) as ch:
                 listed = {v.uuid for v in stubs(ch).vms.ListVMs(vs.ListVMsRequest(),

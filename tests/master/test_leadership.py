@@ -292,12 +292,16 @@ class ScriptedEtcd:
         reply.header.revision = 6
         return reply
 
-    async def keepalive(self, lease, timeout=1.0):
+    async def renew(self, lease, timeout=1.0):
+        sent = self.clock.now
         self.clock.now += 0.05
         outcome = self.script.pop(0) if self.script else "ok"
         if outcome == "fail":
             raise LostAnswer()
-        return 0 if outcome == "gone" else 2
+        if outcome == "hedged":  # answered by a hedge sent later than the main call
+            self.clock.now += 0.05
+            return ec.Answer(2, sent + 0.03, 1)
+        return ec.Answer(0 if outcome == "gone" else 2, sent, -1)
 
 
 class CampaignStore:
@@ -343,3 +347,32 @@ def test_the_campaign_keeps_its_lease_past_its_ttl_until_etcd_says_it_is_gone():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     asyncio.run(go())
+
+
+def test_a_hedged_renewal_counts_from_the_hedge_s_own_send_time():
+    """A renewal the main channel did not answer but a hedge did: the lease
+    counts from when the hedge was sent (its own send time, later than the
+    main call's, earlier than its answer)."""
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["hedged"])
+    confirmed: list[float] = []
+
+    class Spy(Term):
+        def renewed(self, sent_at: float) -> None:
+            confirmed.append(sent_at)
+            super().renewed(sent_at)
+
+    term = Spy("m1:7000", 0.08)  # the campaign's own pauses are ttl/4, real
+
+    async def go():
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            for _ in range(100):
+                if len(confirmed) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())
+    assert confirmed[:2] == [0.0, 0.03]  # the grant, then the hedge's send time

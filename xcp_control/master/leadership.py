@@ -305,8 +305,12 @@ class Campaign:
     async def _hold(self) -> None:
         """Renew every ttl/4; campaign whenever the leader key is absent.
 
-        A renewal that fails is tried again at once (after RENEW_RETRY), each
-        try with a deadline of ttl/4: a request in flight to a dying etcd
+        Each renewal is hedged (EtcdClient.renew): not answered within
+        HEDGE_AFTER, it goes to every member through its own channel too, and
+        the first answer counts from its own send time; a frozen member the
+        main channel uses thus costs no lapse of the lease. A renewal that
+        fails is tried again at once (after RENEW_RETRY), each try with a
+        deadline of ttl/4: a request in flight to a dying etcd
         member hangs until its deadline, the channel moves to another member,
         and the first renewal a new raft leader confirms resumes the term.
         The lease is kept until etcd itself says it is gone: our clock running
@@ -325,13 +329,14 @@ class Campaign:
                 pass
             sent = self._clock()
             try:
-                left = await self._client.keepalive(self._lease, timeout=period)
+                answer = await self._client.renew(self._lease, timeout=period)
             except grpc.RpcError as exc:
                 if failing_since is None:  # once per outage, not twenty times a second
                     log.info("lease renewal failed (%s); retrying", exc.code())
                     failing_since = sent
                 self._term.tick(self._clock())
                 continue
+            left, sent = answer.value, answer.sent_at  # a hedge's own send time
             if left <= 0:
                 log.warning("etcd dropped our lease")
                 self._abandon()
