@@ -277,6 +277,7 @@ class ScriptedEtcd:
 
     def __init__(self, clock: Clock, script: list[str]) -> None:
         self.clock, self.script, self.grants = clock, script, 0
+        self.held = False  # a read of our masters key finds it on our lease
 
     async def grant(self, ttl, timeout=1.0):
         self.grants += 1
@@ -290,6 +291,8 @@ class ScriptedEtcd:
     async def range(self, key, range_end=b"", **kwargs):
         reply = ec.rpc.RangeResponse()
         reply.header.revision = 6
+        if self.held and key.startswith(Keys.of("/pool").masters):
+            reply.kvs.add(key=key, lease=self.grants)
         return reply
 
     async def renew(self, lease, timeout=1.0):
@@ -376,3 +379,29 @@ def test_a_hedged_renewal_counts_from_the_hedge_s_own_send_time():
             await asyncio.gather(task, return_exceptions=True)
     asyncio.run(go())
     assert confirmed[:2] == [0.0, 0.03]  # the grant, then the hedge's send time
+
+
+def test_a_member_saying_the_lease_is_gone_while_etcd_holds_it_is_not_believed():
+    """etcd 3.4's raft leader resumed from SIGSTOP answers a renewal with TTL 0
+    before it learns it no longer leads: a linearizable read finds our key on
+    our lease, so it counts as a failed renewal, not the end of the term."""
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["ok", "gone", "ok"])
+    etcd.held = True
+    term = Term("m1:7000", 0.08)
+
+    async def go():
+        ended = asyncio.Event()
+        term.add_term_listener(ended.set)
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            for _ in range(100):
+                if not etcd.script and term.acting(clock.now):
+                    break
+                await asyncio.sleep(0.01)
+            assert not etcd.script and term.fence(clock.now) == 7
+            assert not ended.is_set() and etcd.grants == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())

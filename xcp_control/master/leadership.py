@@ -337,6 +337,15 @@ class Campaign:
                 self._term.tick(self._clock())
                 continue
             left, sent = answer.value, answer.sent_at  # a hedge's own send time
+            if left <= 0 and await self._still_held():
+                # A member answering for a lease it cannot see: etcd 3.4's raft
+                # leader resumed from SIGSTOP does so before it learns it no
+                # longer leads. Not a renewal; tried again like a failed one.
+                if failing_since is None:
+                    log.warning("an etcd member said our lease is gone; etcd still holds it")
+                    failing_since = sent
+                self._term.tick(self._clock())
+                continue
             if left <= 0:
                 log.warning("etcd dropped our lease")
                 self._abandon()
@@ -347,6 +356,19 @@ class Campaign:
             failing_since = None
             self._term.renewed(sent)
             self._term.tick(self._clock())
+
+    async def _still_held(self) -> bool:
+        """Whether etcd still holds our lease, by a linearizable read (a
+        quorum confirms it: a stale raft leader cannot answer it) of our
+        masters key, which lives on the lease; True too when etcd does not
+        answer (the lease is not known to be gone: renewals go on, and no
+        renewal is confirmed meanwhile)."""
+        try:
+            reply = await self._client.range(self._keys.masters + self._term.me.encode(),
+                                             timeout=self._term.ttl / 4)
+        except grpc.RpcError:
+            return True
+        return any(kv.lease == self._lease for kv in reply.kvs)
 
     def _abandon(self) -> None:
         """Our lease is gone or cannot be trusted: start over with a new one
