@@ -382,9 +382,9 @@ def test_a_hedged_renewal_counts_from_the_hedge_s_own_send_time():
 
 
 def test_a_member_saying_the_lease_is_gone_while_etcd_holds_it_is_not_believed():
-    """etcd 3.4's raft leader resumed from SIGSTOP answers a renewal with TTL 0
-    before it learns it no longer leads: a linearizable read finds our key on
-    our lease, so it counts as a failed renewal, not the end of the term."""
+    """One member answering a renewal with TTL 0 (a stale view) while a
+    linearizable read finds our key on our lease: a failed renewal, not the
+    end of the term."""
     clock = Clock()
     etcd = ScriptedEtcd(clock, ["ok", "gone", "ok"])
     etcd.held = True

@@ -338,9 +338,10 @@ class Campaign:
                 continue
             left, sent = answer.value, answer.sent_at  # a hedge's own send time
             if left <= 0 and await self._still_held():
-                # A member answering for a lease it cannot see: etcd 3.4's raft
-                # leader resumed from SIGSTOP does so before it learns it no
-                # longer leads. Not a renewal; tried again like a failed one.
+                # One member's word for a lease a quorum still holds (a member
+                # with a stale view, e.g. one just resumed from SIGSTOP, which
+                # a hedged renewal may reach). Not a renewal; tried again like
+                # a failed one.
                 if failing_since is None:
                     log.warning("an etcd member said our lease is gone; etcd still holds it")
                     failing_since = sent
