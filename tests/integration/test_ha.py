@@ -1,7 +1,8 @@
 """Several masters on a real etcd, with real slaves (tests/support/ha.py):
 followers pass calls on (a lifecycle call, a Watch), GetPool everywhere, a
 Watch resumed across a failover, etcd losing one of three members (its raft
-leader, the member the leader's channel uses, both) with no call failing, the
+leader, the member the leader's channel uses, both; killed, or that member
+frozen) with no call failing, the
 whole etcd stopped and restarted (stale reads, HOST_IS_SLAVE writes, recovery)."""
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_p
     epoch, every acknowledged VM is there afterwards. A frozen member is
     checked for while it is still frozen (after 200 more writes went through
     without it), then resumed; the member that does not lead raft also
-    after it was resumed (etcd 3.4 revoking leases when its resumed raft
-    leader wakes up is etcd's: README, "Several masters")."""
+    after it was resumed (etcd revoking every lease when its frozen raft
+    leader is resumed, in some trials, is left open: README, "Several
+    masters")."""
     frozen = victim.endswith("-frozen")
     with HaPool(tmp_path, masters=2, slaves=1, etcd_members=3) as ha:
         leader = ha.wait_leader()

@@ -20,9 +20,10 @@ nothing is written or sent meanwhile. The term *ends* when etcd says the
 lease is gone, another leader is seen, or the key goes: term listeners hear
 it (routing then passes calls that never acted on to the new leader).
 
-`Campaign` does the etcd side: a lease renewed every ttl/4 (retried at once,
-with a short deadline, when a renewal fails: a request in flight to a dying
-etcd member hangs until its deadline), kept until etcd says it is gone (our
+`Campaign` does the etcd side: a lease renewed every ttl/4 (hedged to every
+member when not answered at once: EtcdClient.renew; retried at once, with a
+short deadline, when a renewal fails: a request in flight to a dying etcd
+member hangs until its deadline), kept until etcd says it is gone (our
 clock running past it proves nothing: etcd may have refreshed it), a
 campaign transaction on the leader key (`Compare(CreateRevision(key) == 0)`
 then a put on the lease), epoch = the key's create revision, a watch (the
