@@ -70,6 +70,14 @@ Compare = rpc.Compare
 RequestOp = rpc.RequestOp
 
 
+class ChannelMoved(grpc.RpcError):
+    """A watch ended because the main channel was rebuilt (EtcdClient.prefer):
+    reconnect, it goes on the new channel."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
 class EtcdUrlError(ValueError):
     """A --etcd value that is not a list of http://HOST:PORT URLs."""
 
@@ -220,6 +228,8 @@ class EtcdClient:
         self._retired: list[grpc.aio.Channel] = []  # rebuilt away from (closed in close())
         self._pinned: dict[str, tuple[grpc.aio.Channel, rpc.LeaseStub]] = {}
         self._preferred_at = -PREFER_EVERY
+        self._watches: set = set()  # watch calls open
+        self._moved: set = set()  # those prefer() ended
         self.hedge_wins = 0  # renewals a pinned channel answered first
         self.reconnects = 0  # main channel rebuilds
         # (request kind, seconds, ok) for every unary request: the metrics histogram.
@@ -243,6 +253,12 @@ class EtcdClient:
         self._preferred_at = now
         self._retired.append(self._channel)
         self._connect(preferring(self.target, member), _OWN_SUBCHANNELS)
+        # Watches on the old channel end (ChannelMoved) and their callers
+        # reconnect, from their revision, on the new one: left there, a watch
+        # stalled for seconds, and commits waiting for it with it.
+        for call in list(self._watches):
+            self._moved.add(call)
+            call.cancel()
         self.reconnects += 1
         log.warning("etcd channel moved to member %s first", member)
         return True
@@ -343,10 +359,17 @@ class EtcdClient:
             await _forever()
 
         call = self._watch.Watch(requests())
+        self._watches.add(call)
         try:
             async for response in call:
                 yield response
+        except asyncio.CancelledError:
+            if call in self._moved:  # prefer() ended it: the caller reconnects
+                raise ChannelMoved() from None
+            raise
         finally:
+            self._watches.discard(call)
+            self._moved.discard(call)
             call.cancel()
 
 
