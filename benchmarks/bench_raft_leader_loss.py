@@ -21,6 +21,12 @@ masters kept their leader and epoch, every acknowledged VM listed afterwards,
 and the leader master's suspension (its log: "stopped acting" to "leads the
 pool" again). `--before COMMIT` runs that commit's masters (git archive; the
 same harness and clients) for an A/B.
+
+`--freeze`: the victim is frozen (SIGSTOP; its kernel still ACKs, so a
+channel on it notices only at its keepalive PING timeout, ~2 s) instead of
+killed, and resumed (SIGCONT) once the trial is over. Victim
+`member-in-use` (either way): the member the channel uses while another
+member leads raft.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import contextlib
 import datetime
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -82,7 +89,7 @@ def suspension(log: str, after: float) -> float:
     return total
 
 
-def trial(root: Path, victim: str, tree: str) -> dict:
+def trial(root: Path, victim: str, tree: str, freeze: bool = False) -> dict:
     with TreePool(root, masters=2, slaves=1, etcd_members=3, tree=tree) as ha:
         leader = ha.wait_leader()
         follower = ha.followers(leader)[0].address
@@ -90,8 +97,8 @@ def trial(root: Path, victim: str, tree: str) -> dict:
         used = wait_until(lambda: ha.etcd.member_used_by(master.proc.pid), 10,
                           what="the leader's etcd connection")
         other = next(m for m in ha.etcd.members if m is not used)
-        target = used if victim == "in-use" else other
-        ha.etcd.move_raft_leader(target)
+        target = other if victim == "via-other" else used
+        ha.etcd.move_raft_leader(other if victim == "member-in-use" else target)
         wait_until(lambda: (p := get_pool(leader)) is not None and p.master == leader, 10,
                    what="the leader to act after the raft move")
         epoch = get_pool(leader).epoch
@@ -99,9 +106,16 @@ def trial(root: Path, victim: str, tree: str) -> dict:
             wait_until(lambda: len(load.acked) >= 40, 20, what="the burst to get going")
             before = len(load.acked)
             killed_at = time.time()
-            target.kill()
-            with contextlib.suppress(AssertionError):
-                wait_until(lambda: len(load.acked) >= before + 200, 30, what="writes")
+            if freeze:
+                target.signal(signal.SIGSTOP)
+            else:
+                target.kill()
+            try:
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda: len(load.acked) >= before + 200, 30, what="writes")
+            finally:
+                if freeze:
+                    target.signal(signal.SIGCONT)
         after = get_pool(leader)
         kept = after is not None and (after.master, after.epoch) == (leader, epoch)
         listed = set()
@@ -117,11 +131,15 @@ def trial(root: Path, victim: str, tree: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--victims", default="via-other,in-use")
+    parser.add_argument("--victims", default="via-other,in-use",
+                        help="via-other, in-use (the raft leader), member-in-use (not it)")
     parser.add_argument("--before", default="", help="also run this commit's masters")
+    parser.add_argument("--freeze", action="store_true",
+                        help="SIGSTOP the victim (SIGCONT after the trial) instead of SIGKILL")
     args = parser.parse_args()
     print(machine_line())
-    print(f"start {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {load_note()}")
+    print(f"start {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {load_note()}, "
+          f"victims {'frozen (SIGSTOP)' if args.freeze else 'killed (SIGKILL)'}")
     runs = [("after", "")]
     scratch = Path(tempfile.mkdtemp(prefix="bench-raft-"))
     if args.before:
@@ -130,7 +148,7 @@ def main() -> int:
         for victim in args.victims.split(","):
             rows = []
             for i in range(args.trials):
-                result = trial(scratch / f"{label[:6]}-{victim}-{i}", victim, tree)
+                result = trial(scratch / f"{label[:6]}-{victim}-{i}", victim, tree, args.freeze)
                 rows.append(result)
                 print(f"  {label} {victim} #{i + 1}: {result['failed']} failed of "
                       f"{result['calls']}, longest {result['longest']:.2f}s, suspended "

@@ -1,7 +1,8 @@
 """Several masters on a real etcd, with real slaves (tests/support/ha.py):
 followers pass calls on (a lifecycle call, a Watch), GetPool everywhere, a
 Watch resumed across a failover, etcd losing one of three members (its raft
-leader, the member the leader's channel uses, both) with no call failing, the
+leader, the member the leader's channel uses, both; killed, or that member
+frozen) with no call failing, the
 whole etcd stopped and restarted (stale reads, HOST_IS_SLAVE writes, recovery)."""
 
 from __future__ import annotations
@@ -195,42 +196,67 @@ def _try_create(s, name: str):
 # through another member (its requests there hang until a new raft leader is
 # elected); the raft leader that is also the member the master's channel uses
 # (refused at once, the channel moves on); that member while it does not lead
-# raft (the channel moves on, nothing else changes).
-VICTIMS = ("raft-leader", "raft-leader-in-use", "member-in-use")
+# raft (the channel moves on, nothing else changes); that member frozen
+# (SIGSTOP, not killed: the kernel still ACKs, the channel notices only after
+# its ~2 s PING timeout, past the lease) while it does not lead raft, and
+# while it does: the lease renewals are hedged to the other members and the
+# channel moves.
+VICTIMS = ("raft-leader", "raft-leader-in-use", "member-in-use", "member-in-use-frozen",
+           "raft-leader-in-use-frozen")
 
 
 @pytest.mark.parametrize("victim", VICTIMS)
 def test_a_three_member_etcd_losing_one_member_changes_nothing_for_clients(tmp_path, victim):
     """Mid-burst of CreateVM sent to the leader and to a follower, with reads:
     no call fails (10 s client deadlines), the masters keep their leader and
-    epoch, every acknowledged VM is there afterwards."""
+    epoch, every acknowledged VM is there afterwards. A frozen member is
+    checked for while it is still frozen (after 200 more writes went through
+    without it), then resumed; the member that does not lead raft also
+    after it was resumed (etcd revoking every lease when its frozen raft
+    leader is resumed, in some trials, is left open: README, "Several
+    masters")."""
+    frozen = victim.endswith("-frozen")
     with HaPool(tmp_path, masters=2, slaves=1, etcd_members=3) as ha:
         leader = ha.wait_leader()
         follower = ha.followers(leader)[0].address
         used = wait_until(lambda: ha.etcd.member_used_by(ha.by_address(leader).proc.pid), 10,
                           what="the leader's etcd connection")
         other = next(m for m in ha.etcd.members if m is not used)
-        ha.etcd.move_raft_leader(used if victim == "raft-leader-in-use" else other)
+        ha.etcd.move_raft_leader(used if victim.startswith("raft-leader-in-use") else other)
         target = other if victim == "raft-leader" else used
         wait_until(lambda: (p := get_pool(leader)) is not None and p.master == leader, 10,
                    what="the leader to act after the raft move")
         epoch = get_pool(leader).epoch
-        with ClientLoad([leader, follower], creators=2, readers=1, timeout=10.0) as load:
-            wait_until(lambda: len(load.acked) >= 40, 20, what="the burst to get going")
-            before = len(load.acked)
-            target.kill()
-            wait_until(lambda: len(load.acked) >= before + 200, 30,
-                       what="writes to go on after the member was lost")
-        assert not load.failures, load.failures
-        assert load.longest < 5.0, f"a call took {load.longest:.2f}s"
-        assert (get_pool(leader).master, get_pool(leader).epoch) == (leader, epoch)
-        assert ha.etcd.member_used_by(ha.by_address(leader).proc.pid) is not target
-        for address in (leader, follower):
-            with channel(address) as ch:
-                listed = {v.uuid for v in stubs(ch).vms.ListVMs(vs.ListVMsRequest(),
-                                                                timeout=10).vms}
-            missing = set(load.acked) - listed
-            assert not missing, f"{len(missing)} acknowledged VMs missing on {address}"
+        try:
+            with ClientLoad([leader, follower], creators=2, readers=1, timeout=10.0) as load:
+                wait_until(lambda: len(load.acked) >= 40, 20, what="the burst to get going")
+                before = len(load.acked)
+                if frozen:
+                    target.signal(signal.SIGSTOP)
+                else:
+                    target.kill()
+                wait_until(lambda: len(load.acked) >= before + 200, 30,
+                           what="writes to go on after the member was lost")
+            assert not load.failures, load.failures
+            assert load.longest < 5.0, f"a call took {load.longest:.2f}s"
+            assert (get_pool(leader).master, get_pool(leader).epoch) == (leader, epoch)
+            if not frozen:
+                assert ha.etcd.member_used_by(ha.by_address(leader).proc.pid) is not target
+            for address in (leader, follower):
+                def missing() -> set[str]:
+                    with channel(address) as ch:
+                        listed = {v.uuid for v in stubs(ch).vms.ListVMs(
+                            vs.ListVMsRequest(), timeout=10).vms}
+                    return set(load.acked) - listed
+                # A follower's watch on a frozen member resumes at its PING timeout.
+                wait_until(lambda: not missing(), 10 if frozen else 0.1, interval=0.5,
+                           what=f"every acknowledged VM listed on {address}")
+        finally:
+            if frozen:
+                target.signal(signal.SIGCONT)
+        if victim == "member-in-use-frozen":
+            time.sleep(2 * 2.0)  # two leases after the resume
+            assert (get_pool(leader).master, get_pool(leader).epoch) == (leader, epoch)
 
 
 def test_the_cli_and_the_node_client_move_past_a_master_that_is_down(pool):

@@ -277,6 +277,7 @@ class ScriptedEtcd:
 
     def __init__(self, clock: Clock, script: list[str]) -> None:
         self.clock, self.script, self.grants = clock, script, 0
+        self.held = False  # a read of our masters key finds it on our lease
 
     async def grant(self, ttl, timeout=1.0):
         self.grants += 1
@@ -290,14 +291,20 @@ class ScriptedEtcd:
     async def range(self, key, range_end=b"", **kwargs):
         reply = ec.rpc.RangeResponse()
         reply.header.revision = 6
+        if self.held and key.startswith(Keys.of("/pool").masters):
+            reply.kvs.add(key=key, lease=self.grants)
         return reply
 
-    async def keepalive(self, lease, timeout=1.0):
+    async def renew(self, lease, timeout=1.0):
+        sent = self.clock.now
         self.clock.now += 0.05
         outcome = self.script.pop(0) if self.script else "ok"
         if outcome == "fail":
             raise LostAnswer()
-        return 0 if outcome == "gone" else 2
+        if outcome == "hedged":  # answered by a hedge sent later than the main call
+            self.clock.now += 0.05
+            return ec.Answer(2, sent + 0.03, 1)
+        return ec.Answer(0 if outcome == "gone" else 2, sent, -1)
 
 
 class CampaignStore:
@@ -339,6 +346,61 @@ def test_the_campaign_keeps_its_lease_past_its_ttl_until_etcd_says_it_is_gone():
             etcd.script.append("gone")
             await asyncio.wait_for(ended.wait(), 2)
             assert not term.holds
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())
+
+
+def test_a_hedged_renewal_counts_from_the_hedge_s_own_send_time():
+    """A renewal the main channel did not answer but a hedge did: the lease
+    counts from when the hedge was sent (its own send time, later than the
+    main call's, earlier than its answer)."""
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["hedged"])
+    confirmed: list[float] = []
+
+    class Spy(Term):
+        def renewed(self, sent_at: float) -> None:
+            confirmed.append(sent_at)
+            super().renewed(sent_at)
+
+    term = Spy("m1:7000", 0.08)  # the campaign's own pauses are ttl/4, real
+
+    async def go():
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            for _ in range(100):
+                if len(confirmed) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())
+    assert confirmed[:2] == [0.0, 0.03]  # the grant, then the hedge's send time
+
+
+def test_a_member_saying_the_lease_is_gone_while_etcd_holds_it_is_not_believed():
+    """One member answering a renewal with TTL 0 (a stale view) while a
+    linearizable read finds our key on our lease: a failed renewal, not the
+    end of the term."""
+    clock = Clock()
+    etcd = ScriptedEtcd(clock, ["ok", "gone", "ok"])
+    etcd.held = True
+    term = Term("m1:7000", 0.08)
+
+    async def go():
+        ended = asyncio.Event()
+        term.add_term_listener(ended.set)
+        task = asyncio.ensure_future(Campaign(term, CampaignStore(etcd), clock).run())
+        try:
+            for _ in range(100):
+                if not etcd.script and term.acting(clock.now):
+                    break
+                await asyncio.sleep(0.01)
+            assert not etcd.script and term.fence(clock.now) == 7
+            assert not ended.is_set() and etcd.grants == 1
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from tests.support.processes import free_port
@@ -187,10 +188,15 @@ class EtcdCluster:
 
     def member_used_by(self, pid: int) -> Member | None:
         """The member the process `pid` has a client connection open to (a
-        grpc pick_first channel holds one), None if none or several."""
+        grpc pick_first channel holds one), or the one it has the most
+        connections to (the master's lease renewals, when hedged, keep a
+        channel pinned to every member besides); None if none or a tie."""
         ports = _remote_ports(pid)
-        used = [m for m in self.members if m.client_port in ports]
-        return used[0] if len(used) == 1 else None
+        counts = sorted(((ports[m.client_port], m) for m in self.members
+                         if ports.get(m.client_port)), key=lambda c: -c[0])
+        if not counts or (len(counts) > 1 and counts[0][0] == counts[1][0]):
+            return None
+        return counts[0][1]
 
     def close(self) -> None:
         for member in self.members:
@@ -213,9 +219,9 @@ def _etcdctl(endpoint: str, timeout: float, *args: str) -> subprocess.CompletedP
         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
 
-def _remote_ports(pid: int) -> set[int]:
+def _remote_ports(pid: int) -> Counter[int]:
     """Remote ports of the established TCP connections of process `pid` (its
-    socket inodes matched against /proc/net/tcp and tcp6)."""
+    socket inodes matched against /proc/net/tcp and tcp6), with how many."""
     inodes = set()
     fd_dir = Path(f"/proc/{pid}/fd")
     for fd in fd_dir.iterdir():
@@ -223,12 +229,12 @@ def _remote_ports(pid: int) -> set[int]:
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    ports = set()
+    ports: Counter[int] = Counter()
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
-                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+                ports[int(fields[2].rsplit(":", 1)[1], 16)] += 1
     return ports
 
 

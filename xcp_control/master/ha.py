@@ -41,7 +41,7 @@ class HaNode:
         self._clock = clock
         self.term = Term(me="", ttl=settings.lease_ttl)
         self.gate = Gate(self.term, clock)
-        self.etcd = EtcdClient(settings.etcd)
+        self.etcd = EtcdClient(settings.etcd, clock=clock)
         self.store = EtcdStore(self.etcd, settings.etcd_prefix, self.fence,
                                change_log_size=settings.change_log_size, ready=self.ready)
         self._leader_channel = LeaderChannel(channel_credentials, _PASS_ON_OPTIONS)

@@ -20,9 +20,10 @@ nothing is written or sent meanwhile. The term *ends* when etcd says the
 lease is gone, another leader is seen, or the key goes: term listeners hear
 it (routing then passes calls that never acted on to the new leader).
 
-`Campaign` does the etcd side: a lease renewed every ttl/4 (retried at once,
-with a short deadline, when a renewal fails: a request in flight to a dying
-etcd member hangs until its deadline), kept until etcd says it is gone (our
+`Campaign` does the etcd side: a lease renewed every ttl/4 (hedged to every
+member when not answered at once: EtcdClient.renew; retried at once, with a
+short deadline, when a renewal fails: a request in flight to a dying etcd
+member hangs until its deadline), kept until etcd says it is gone (our
 clock running past it proves nothing: etcd may have refreshed it), a
 campaign transaction on the leader key (`Compare(CreateRevision(key) == 0)`
 then a put on the lease), epoch = the key's create revision, a watch (the
@@ -305,8 +306,12 @@ class Campaign:
     async def _hold(self) -> None:
         """Renew every ttl/4; campaign whenever the leader key is absent.
 
-        A renewal that fails is tried again at once (after RENEW_RETRY), each
-        try with a deadline of ttl/4: a request in flight to a dying etcd
+        Each renewal is hedged (EtcdClient.renew): not answered within
+        HEDGE_AFTER, it goes to every member through its own channel too, and
+        the first answer counts from its own send time; a frozen member the
+        main channel uses thus costs no lapse of the lease. A renewal that
+        fails is tried again at once (after RENEW_RETRY), each try with a
+        deadline of ttl/4: a request in flight to a dying etcd
         member hangs until its deadline, the channel moves to another member,
         and the first renewal a new raft leader confirms resumes the term.
         The lease is kept until etcd itself says it is gone: our clock running
@@ -325,10 +330,21 @@ class Campaign:
                 pass
             sent = self._clock()
             try:
-                left = await self._client.keepalive(self._lease, timeout=period)
+                answer = await self._client.renew(self._lease, timeout=period)
             except grpc.RpcError as exc:
                 if failing_since is None:  # once per outage, not twenty times a second
                     log.info("lease renewal failed (%s); retrying", exc.code())
+                    failing_since = sent
+                self._term.tick(self._clock())
+                continue
+            left, sent = answer.value, answer.sent_at  # a hedge's own send time
+            if left <= 0 and await self._still_held():
+                # One member's word for a lease a quorum still holds (a member
+                # with a stale view, e.g. one just resumed from SIGSTOP, which
+                # a hedged renewal may reach). Not a renewal; tried again like
+                # a failed one.
+                if failing_since is None:
+                    log.warning("an etcd member said our lease is gone; etcd still holds it")
                     failing_since = sent
                 self._term.tick(self._clock())
                 continue
@@ -342,6 +358,19 @@ class Campaign:
             failing_since = None
             self._term.renewed(sent)
             self._term.tick(self._clock())
+
+    async def _still_held(self) -> bool:
+        """Whether etcd still holds our lease, by a linearizable read (a
+        quorum confirms it: a stale raft leader cannot answer it) of our
+        masters key, which lives on the lease; True too when etcd does not
+        answer (the lease is not known to be gone: renewals go on, and no
+        renewal is confirmed meanwhile)."""
+        try:
+            reply = await self._client.range(self._keys.masters + self._term.me.encode(),
+                                             timeout=self._term.ttl / 4)
+        except grpc.RpcError:
+            return True
+        return any(kv.lease == self._lease for kv in reply.kvs)
 
     def _abandon(self) -> None:
         """Our lease is gone or cannot be trusted: start over with a new one
