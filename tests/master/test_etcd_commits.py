@@ -166,13 +166,18 @@ async def _until(predicate) -> None:
     raise AssertionError("never happened")
 
 
+def lingering(etcd: FakeEtcd, linger: float, now: list[float], **batching) -> GroupCommitter:
+    """One slot, a linger of `linger` seconds, the clock read from now[0]."""
+    return GroupCommitter(etcd, b"/leader", lambda: 7,
+                          batching=Batching(1, MAX_TXN_OPS, linger=linger, **batching),
+                          clock=lambda: now[0])
+
+
 def test_callers_coming_back_share_one_transaction_again():
     async def go():
         etcd = FakeEtcd()
         now = [0.0]
-        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
-                                batching=Batching(1, MAX_TXN_OPS, linger=10.0),
-                                clock=lambda: now[0])
+        writer = lingering(etcd, 10.0, now)
         writer.start()
         try:
             # Three callers at once: one transaction of three.
@@ -196,9 +201,7 @@ def test_a_caller_that_does_not_come_back_delays_the_others_at_most_linger():
     async def go():
         etcd = FakeEtcd()
         now = [0.0]
-        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
-                                batching=Batching(1, MAX_TXN_OPS, linger=0.005),
-                                clock=lambda: now[0])
+        writer = lingering(etcd, 0.005, now)
         writer.start()
 
         async def two_come_back(at: float, linger_expected: bool) -> None:
@@ -266,10 +269,7 @@ def test_a_job_queued_during_a_transaction_lingers_from_its_answer():
     async def go():
         etcd = FakeEtcd()
         now = [0.0]
-        writer = GroupCommitter(etcd, b"/leader", lambda: 7,
-                                batching=Batching(1, MAX_TXN_OPS, linger=0.005,
-                                                  from_free=True),
-                                clock=lambda: now[0])
+        writer = lingering(etcd, 0.005, now, from_free=True)
         writer.start()
         try:
             await asyncio.gather(*(writer.submit(job(f"a{i}")) for i in range(3)))
