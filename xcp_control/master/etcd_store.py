@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 PER_REVISION = 1024  # generations per etcd revision (a transaction holds <= 128 ops)
 PAGE = 2000  # objects per page of the initial load
-WATCH_PREV_KV = False  # deleted values come from the working copy (True: from etcd)
 _RECENT = 4096  # revisions whose changes are kept for commits still waiting on them
 
 KeyListener = Callable[[bytes, bytes | None, int], None]  # key, value (None: deleted), revision
@@ -188,8 +187,7 @@ class EtcdStore(MemoryBackedStore):
             try:
                 async for response in self.client.watch(self.keys.root,
                                                          ec.prefix_end(self.keys.root),
-                                                         self._revision + 1,
-                                                         prev_kv=WATCH_PREV_KV):
+                                                         self._revision + 1):
                     self.watch_ok = True
                     if response.compact_revision:
                         await self._resync()

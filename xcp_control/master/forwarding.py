@@ -174,10 +174,8 @@ class Forwarder:
 
     async def _call(self, host: str, method: str, request: Message, operation: str,
                     timeout: float, budget: float | None) -> Message:
-        waited = self._clock()
-        await self._epoch()  # a master that may not act sends nothing (HOST_IS_SLAVE)
-        waited = self._clock() - waited  # a suspended term waited for: less time left
-        timeout -= waited
+        _, waited = await self._epoch()  # a master that may not act sends nothing (HOST_IS_SLAVE)
+        timeout -= waited  # a suspended term waited for: less time left
         budget = None if budget is None else budget - waited
         if not self._liveness.is_live(host):
             raise errors.host_offline(host)
@@ -210,17 +208,21 @@ class Forwarder:
             deadline -= await self._connect(peer.channel, min(self._contact_timeout, deadline))
         # The epoch is read after connecting: a term that ended while we
         # waited for the transport sends nothing.
-        waited = self._clock()
-        epoch = await self._epoch()
-        deadline -= self._clock() - waited
+        epoch, waited = await self._epoch()
+        deadline -= waited
         metadata = ((EPOCH_HEADER, str(epoch)),) if epoch is not None else None
         return await getattr(peer.stub, method)(request, timeout=max(deadline, 0.001),
                                                 metadata=metadata)
 
-    async def _epoch(self) -> int | None:
+    async def _epoch(self) -> tuple[int | None, float]:
+        """Our epoch (None with one master) and the seconds spent waiting for
+        it (a suspended term), which the caller takes off its deadline."""
+        started = self._clock()
         if self._ready is not None:
-            return await self._ready(None)
-        return self._fence() if self._fence is not None else None
+            epoch = await self._ready(None)
+        else:
+            epoch = self._fence() if self._fence is not None else None
+        return epoch, self._clock() - started
 
     async def _connect(self, channel: grpc.aio.Channel, budget: float) -> float:
         """Wait for a transport, at most `budget`; a refusal fails at once.
